@@ -1,0 +1,17 @@
+# Entry points named in the README.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install test test-slow lint demo
+
+install:
+	bash tools/install.sh
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-slow: install
+	$(PY) -m pytest -q -m slow tests
+
+lint: install
+	$(VENV)/bin/ruff check projects tools tests configs

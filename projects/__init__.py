@@ -1,0 +1,1 @@
+"""Custom mmdetection projects of this repository."""
