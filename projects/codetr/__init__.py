@@ -1,0 +1,12 @@
+"""Co-DETR (collaborative hybrid assignment training for DETRs) on mmdet 3.x."""
+from .aux_queries import AuxPositives, AuxQueryTargets, build_aux_query_targets
+from .co_atss_head import CoATSSHead
+from .co_deformable_detr_head import CoDeformDETRHead
+from .co_detr import CoDETR
+from .co_roi_head import CoStandardRoIHead
+from .co_transformer import CoDeformableDetrTransformerDecoder
+
+__all__ = [
+    'AuxPositives', 'AuxQueryTargets', 'build_aux_query_targets', 'CoATSSHead',
+    'CoDeformDETRHead', 'CoDETR', 'CoStandardRoIHead', 'CoDeformableDetrTransformerDecoder'
+]

@@ -1,0 +1,67 @@
+"""Shared fixtures: registries, configs and tiny inputs for the model tests."""
+import copy
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault('OMP_NUM_THREADS', '2')
+
+TINY_CFG = ROOT / 'tests' / 'configs' / 'co_deformable_detr_tiny.py'
+R50_CFG = ROOT / 'configs' / 'co_deformable_detr_r50_1x_coco.py'
+BASELINE_CFG = ROOT / 'configs' / 'deformable_detr_pp_r50_1x_coco.py'
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _register():
+    from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=True)
+    import projects.codetr  # noqa: F401
+
+
+def load_cfg(path=TINY_CFG):
+    """Config object of ``path``."""
+    from mmengine.config import Config
+    return Config.fromfile(str(path))
+
+
+def build_model(cfg_or_path=TINY_CFG, seed=0, **model_overrides):
+    """Build and initialise the model of a config (CPU, train mode)."""
+    from mmdet.registry import MODELS
+    cfg = load_cfg(cfg_or_path) if isinstance(cfg_or_path, (str, Path)) else cfg_or_path
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.update(model_overrides)
+    model_cfg.backbone.init_cfg = None  # no pretrained download in tests
+    torch.manual_seed(seed)
+    model = MODELS.build(model_cfg)
+    model.init_weights()
+    return model
+
+
+def make_batch(model, gt_boxes, image_shapes, num_classes=80, seed=0):
+    """Preprocessed (inputs, data_samples) with the given GT boxes per image.
+
+    Args:
+        gt_boxes (list[list[tuple]]): Per image, (x1, y1, x2, y2, label).
+        image_shapes (list[tuple]): Per image (h, w); images are padded.
+    """
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    g = torch.Generator().manual_seed(seed)
+    inputs, samples = [], []
+    for boxes, (h, w) in zip(gt_boxes, image_shapes):
+        inputs.append(torch.randint(0, 255, (3, h, w), generator=g, dtype=torch.uint8))
+        sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
+                                             scale_factor=(1.0, 1.0), img_id=len(samples)))
+        gt = InstanceData()
+        gt.bboxes = torch.tensor([b[:4] for b in boxes], dtype=torch.float32).reshape(-1, 4)
+        gt.labels = torch.tensor([b[4] for b in boxes], dtype=torch.long)
+        sample.gt_instances = gt
+        samples.append(sample)
+    data = model.data_preprocessor(dict(inputs=inputs, data_samples=samples), True)
+    return data['inputs'], data['data_samples']
