@@ -8,6 +8,7 @@ from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample, OptSampleList, SampleList
 from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 from mmengine.config import ConfigDict
+from mmengine.model import ModuleList
 from torch import Tensor
 
 from .aux_queries import build_aux_query_targets
@@ -99,13 +100,13 @@ class CoDETR(BaseDetector):
                             train_cfg=train_cfgs[1].rpn if train_cfgs else None,
                             test_cfg=test_cfgs[1].rpn)
             self.rpn_head = MODELS.build(rpn_head)
-        self.roi_head = torch.nn.ModuleList()
+        self.roi_head = ModuleList()
         for i, cfg in enumerate(roi_heads):
             cfg = copy.deepcopy(cfg)
             cfg.update(train_cfg=train_cfgs[i + 1].rcnn if train_cfgs else None,
                        test_cfg=test_cfgs[i + 1].rcnn)
             self.roi_head.append(MODELS.build(cfg))
-        self.bbox_head = torch.nn.ModuleList()
+        self.bbox_head = ModuleList()
         for j, cfg in enumerate(dense_heads):
             idx = j + 1 + len(roi_heads)
             cfg = copy.deepcopy(cfg)
