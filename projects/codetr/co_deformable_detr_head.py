@@ -303,7 +303,8 @@ class CoDeformDETRHead(DeformableDETRHead):
         pos_trans_out = self.aux_pos_trans_norm[head_idx](self.aux_pos_trans_fc[head_idx](pos))
         query_pos, query = torch.split(pos_trans_out, c, dim=2)  # 2 x (bs, N, c)
         if self.with_coord_feat:
-            query = query + self.pos_feats_norm[head_idx](self.pos_feats_trans[head_idx](aux.feats))
+            feats = self.pos_feats_trans[head_idx](aux.feats)
+            query = query + self.pos_feats_norm[head_idx](feats)
             query_pos = query_pos + self.head_pos_embed.weight[head_idx]
         self_attn_mask = None
         if aux.attn_mask is not None:
