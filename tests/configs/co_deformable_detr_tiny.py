@@ -7,19 +7,29 @@
 # 50 queries, RoI fc 128. 80 classes.
 _base_ = '../../configs/co_deformable_detr_r50_1x_coco.py'
 
-num_classes = 80
 num_dec_layer = 2
 lambda_2 = 2.0
-aux_weight = num_dec_layer * lambda_2
+aux_weight = num_dec_layer * lambda_2  # 4 instead of 12
 embed_dims = 64
 ffn_dims = 128
+
+tiny_roi_head = _base_.model.roi_head[0]
+tiny_roi_head.bbox_roi_extractor.out_channels = embed_dims
+tiny_roi_head.bbox_head.update(in_channels=embed_dims, fc_out_channels=128)
+tiny_roi_head.bbox_head.loss_cls.loss_weight = 1.0 * aux_weight
+tiny_roi_head.bbox_head.loss_bbox.loss_weight = 10.0 * aux_weight
+
+tiny_atss_head = _base_.model.bbox_head[0]
+tiny_atss_head.update(in_channels=embed_dims, feat_channels=embed_dims)
+tiny_atss_head.loss_cls.loss_weight = 1.0 * aux_weight
+tiny_atss_head.loss_bbox.loss_weight = 2.0 * aux_weight
+tiny_atss_head.loss_centerness.loss_weight = 1.0 * aux_weight
 
 model = dict(
     backbone=dict(depth=18, base_channels=16, init_cfg=None),
     neck=dict(in_channels=[32, 64, 128], out_channels=embed_dims),
     query_head=dict(
         num_query=50,
-        num_classes=num_classes,
         embed_dims=embed_dims,
         encoder=dict(
             num_layers=2,
@@ -38,53 +48,5 @@ model = dict(
         feat_channels=embed_dims,
         loss_cls=dict(loss_weight=1.0 * aux_weight),
         loss_bbox=dict(loss_weight=1.0 * aux_weight)),
-    roi_head=[
-        dict(
-            type='CoStandardRoIHead',
-            bbox_roi_extractor=dict(
-                type='SingleRoIExtractor',
-                roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
-                out_channels=embed_dims,
-                featmap_strides=[8, 16, 32, 64],
-                finest_scale=112),
-            bbox_head=dict(
-                type='Shared2FCBBoxHead',
-                in_channels=embed_dims,
-                fc_out_channels=128,
-                roi_feat_size=7,
-                num_classes=num_classes,
-                bbox_coder=dict(
-                    type='DeltaXYWHBBoxCoder',
-                    target_means=[0.0, 0.0, 0.0, 0.0],
-                    target_stds=[0.1, 0.1, 0.2, 0.2]),
-                reg_class_agnostic=False,
-                reg_decoded_bbox=True,
-                loss_cls=dict(
-                    type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0 * aux_weight),
-                loss_bbox=dict(type='GIoULoss', loss_weight=10.0 * aux_weight)))
-    ],
-    bbox_head=[
-        dict(
-            type='CoATSSHead',
-            num_classes=num_classes,
-            in_channels=embed_dims,
-            stacked_convs=1,
-            feat_channels=embed_dims,
-            anchor_generator=dict(
-                type='AnchorGenerator',
-                ratios=[1.0],
-                octave_base_scale=8,
-                scales_per_octave=1,
-                strides=[8, 16, 32, 64, 128]),
-            bbox_coder=dict(
-                type='DeltaXYWHBBoxCoder',
-                target_means=[0.0, 0.0, 0.0, 0.0],
-                target_stds=[0.1, 0.1, 0.2, 0.2]),
-            reg_decoded_bbox=True,
-            loss_cls=dict(
-                type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
-                loss_weight=1.0 * aux_weight),
-            loss_bbox=dict(type='GIoULoss', loss_weight=2.0 * aux_weight),
-            loss_centerness=dict(
-                type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0 * aux_weight))
-    ])
+    roi_head=[tiny_roi_head],
+    bbox_head=[tiny_atss_head])
