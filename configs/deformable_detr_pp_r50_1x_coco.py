@@ -9,3 +9,7 @@ model = dict(
     bbox_head=None,
     train_cfg=[_base_.model.train_cfg[0]],
     test_cfg=[_base_.model.test_cfg[0]])
+
+# The encoder-map downsampling layer (kept so that checkpoints load both ways)
+# gets no gradient without auxiliary heads.
+model_wrapper_cfg = dict(type='MMDistributedDataParallel', find_unused_parameters=True)

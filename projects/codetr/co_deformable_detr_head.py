@@ -249,16 +249,19 @@ class CoDeformDETRHead(DeformableDETRHead):
         memory = self.forward_encoder(**encoder_inputs)['memory']
         return self.encoder_maps(memory, mlvl_feats)
 
-    def loss(self, mlvl_feats: Sequence[Tensor],
-             batch_data_samples: SampleList) -> Tuple[Dict[str, Tensor], List[Tensor]]:
+    def loss(self, mlvl_feats: Sequence[Tensor], batch_data_samples: SampleList,
+             return_maps: bool = True
+             ) -> Tuple[Dict[str, Tensor], Optional[List[Tensor]]]:
         """Hungarian losses of the main branch plus the encoder maps.
 
         Args:
             mlvl_feats (Sequence[Tensor]): Neck outputs, each (bs, c, h, w).
             batch_data_samples (list[DetDataSample]): With ``gt_instances``.
+            return_maps (bool): Build the 5 encoder maps (skipped when no
+                auxiliary head needs them). Defaults to True.
 
         Returns:
-            tuple: Loss dict and the 5 encoder maps for the auxiliary heads.
+            tuple: Loss dict and the 5 encoder maps (or None).
         """
         out = self.forward_transformer(mlvl_feats, batch_data_samples)
         batch_gt_instances = [s.gt_instances for s in batch_data_samples]
@@ -267,7 +270,8 @@ class CoDeformDETRHead(DeformableDETRHead):
         losses = self.loss_by_feat(all_cls, all_coords, out['enc_outputs_class'],
                                    out['enc_outputs_coord'], batch_gt_instances,
                                    batch_img_metas)
-        return losses, self.encoder_maps(out['memory'], mlvl_feats)
+        maps = self.encoder_maps(out['memory'], mlvl_feats) if return_maps else None
+        return losses, maps
 
     def predict(self, mlvl_feats: Sequence[Tensor], batch_data_samples: SampleList,
                 rescale: bool = True) -> InstanceList:

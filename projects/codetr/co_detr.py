@@ -171,7 +171,8 @@ class CoDETR(BaseDetector):
     def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> Dict[str, Tensor]:
         """Losses of the query head, the auxiliary heads and the aux queries."""
         x = self.extract_feat(batch_inputs)
-        losses, enc_maps = self.query_head.loss(x, batch_data_samples)
+        with_aux = self.with_rpn or len(self.roi_head) > 0 or len(self.bbox_head) > 0
+        losses, enc_maps = self.query_head.loss(x, batch_data_samples, return_maps=with_aux)
 
         proposals = None
         if self.with_rpn:

@@ -1,0 +1,206 @@
+"""Latency / throughput / memory benchmark of a detector config, and A/B ratios.
+
+Examples::
+
+    # inference latency of the mission model at 800x1333 on CPU, JSON output
+    python tools/analysis_tools/benchmark.py configs/co_deformable_detr_r50_1x_coco.py \
+        --mode infer --device cpu --shape 800 1333 --repeat 5 --json work_dirs/bench.json
+    # the aux heads cost nothing at inference: Co-DETR vs its aux-free baseline, one run
+    python tools/analysis_tools/benchmark.py configs/co_deformable_detr_r50_1x_coco.py \
+        --compare configs/deformable_detr_pp_r50_1x_coco.py --mode infer --shape 512 512
+    # FLOPs of the inference path (mmengine's counter on CoDETR._forward)
+    python tools/analysis_tools/benchmark.py configs/co_deformable_detr_r50_1x_coco.py --flops
+
+With ``--compare`` the two models run alternately in the same process, so the
+reported ratio (median of per-round ratios) is robust to machine noise.
+"""
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config', help='config file')
+    parser.add_argument('--checkpoint', help='optional checkpoint to load')
+    parser.add_argument('--compare', help='second config, benchmarked alternately')
+    parser.add_argument('--mode', choices=['infer', 'train'], default='infer')
+    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
+    parser.add_argument('--shape', type=int, nargs=2, default=[800, 1333], metavar=('H', 'W'))
+    parser.add_argument('--batch-size', type=int, default=1)
+    parser.add_argument('--num-gts', type=int, default=10, help='GT boxes per image (train)')
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--repeat', type=int, default=10)
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument('--flops', action='store_true', help='count FLOPs and exit')
+    parser.add_argument('--json', help='write the results here')
+    return parser.parse_args(argv)
+
+
+def build(config: str, checkpoint: Optional[str], device: str) -> torch.nn.Module:
+    """Model of ``config`` on ``device``; no pretrained download without a checkpoint."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    from mmengine.runner import load_checkpoint
+    register_all_modules()
+    cfg = Config.fromfile(config)
+    if cfg.get('custom_imports'):
+        from mmengine.utils import import_modules_from_strings
+        import_modules_from_strings(**cfg.custom_imports)
+    cfg.model.backbone.init_cfg = None
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    if checkpoint:
+        load_checkpoint(model, checkpoint, map_location='cpu')
+    return model.to(device)
+
+
+def make_batch(model: torch.nn.Module, args: argparse.Namespace, seed: int = 0):
+    """Random images with random GT boxes, run through the data preprocessor."""
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    g = torch.Generator().manual_seed(seed)
+    h, w = args.shape
+    inputs, samples = [], []
+    num_classes = getattr(getattr(model, 'query_head', None), 'num_classes', 80)
+    for _ in range(args.batch_size):
+        inputs.append(torch.randint(0, 255, (3, h, w), generator=g, dtype=torch.uint8))
+        xy = torch.rand(args.num_gts, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
+        wh = torch.rand(args.num_gts, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3]) + 8
+        gt = InstanceData(bboxes=torch.cat([xy, xy + wh], 1),
+                          labels=torch.randint(0, num_classes, (args.num_gts, ), generator=g))
+        sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
+                                             scale_factor=(1.0, 1.0)))
+        sample.gt_instances = gt
+        samples.append(sample)
+    data = model.data_preprocessor(dict(inputs=inputs, data_samples=samples), True)
+    return data['inputs'], data['data_samples']
+
+
+def make_step(model: torch.nn.Module, args: argparse.Namespace) -> Callable[[], None]:
+    """One inference or training iteration as a closure."""
+    import copy
+    inputs, samples = make_batch(model, args)
+    if args.mode == 'infer':
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                model.predict(inputs, copy.deepcopy(samples))
+        return step
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def step():
+        losses = model.loss(inputs, samples)
+        loss, _ = model.parse_losses(losses)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def timed(step: Callable[[], None], device: str) -> float:
+    """Wall time of one call, synchronised on CUDA."""
+    if device == 'cuda':
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step()
+    if device == 'cuda':
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def summary(times: List[float], batch_size: int) -> Dict[str, float]:
+    """Median, spread and throughput of a list of step times (s)."""
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    median = statistics.median(times)
+    return dict(median_s=median, p25_s=q[0], p75_s=q[2], min_s=min(times), max_s=max(times),
+                rel_spread=(q[2] - q[0]) / median, images_per_s=batch_size / median,
+                repeats=len(times))
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak CUDA allocation, or peak resident memory of this process on CPU."""
+    if device == 'cuda':
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def count_flops(model: torch.nn.Module, args: argparse.Namespace) -> Dict[str, str]:
+    """FLOPs / params of the inference path via mmengine's counter (needs _forward)."""
+    from mmengine.analysis import get_model_complexity_info
+    model.eval()
+    inputs, _ = make_batch(model, args)
+    with torch.no_grad():
+        info = get_model_complexity_info(model, inputs=(inputs, ), show_table=False,
+                                         show_arch=False)
+    return dict(flops=info['flops_str'], params=info['params_str'], shape=list(args.shape))
+
+
+def main(argv: Optional[List[str]] = None) -> Dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit('--device cuda: CUDA is not available on this machine')
+    model = build(args.config, args.checkpoint, args.device)
+    if args.flops:
+        result = dict(config=args.config, **count_flops(model, args))
+        print(json.dumps(result, indent=2))
+        return result
+    steps = {args.config: make_step(model, args)}
+    if args.compare:
+        other = build(args.compare, args.checkpoint if args.mode == 'infer' else None,
+                      args.device)
+        if args.checkpoint is None:  # same weights where names agree
+            other.load_state_dict(model.state_dict(), strict=False)
+        steps[args.compare] = make_step(other, args)
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(args.repeat):  # alternate: both see the same machine state
+        for name, step in steps.items():
+            times[name].append(timed(step, args.device))
+    result = dict(mode=args.mode, device=args.device, shape=args.shape,
+                  batch_size=args.batch_size, threads=torch.get_num_threads(),
+                  gpu=torch.cuda.get_device_name() if args.device == 'cuda' else None,
+                  peak_memory_mb=peak_memory_mb(args.device),
+                  results={name: summary(t, args.batch_size) for name, t in times.items()})
+    if args.compare:
+        ratios = [a / b for a, b in zip(times[args.config], times[args.compare])]
+        result['ratio'] = summary(ratios, 1)
+        result['ratio'].pop('images_per_s')
+    print(f"{args.mode} on {args.device}, batch {args.batch_size} x {args.shape}, "
+          f"{result['threads']} threads")
+    for name, res in result['results'].items():
+        print(f"  {name}: median {res['median_s'] * 1e3:.1f} ms "
+              f"(IQR {res['p25_s'] * 1e3:.1f}-{res['p75_s'] * 1e3:.1f}), "
+              f"{res['images_per_s']:.2f} img/s")
+    if args.compare:
+        r = result['ratio']
+        print(f"  ratio {Path(args.config).stem} / {Path(args.compare).stem}: "
+              f"median {r['median_s']:.3f} (IQR {r['p25_s']:.3f}-{r['p75_s']:.3f})")
+    print(f"  peak memory {result['peak_memory_mb']:.0f} MB")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == '__main__':
+    main()
