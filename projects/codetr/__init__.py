@@ -5,12 +5,14 @@ from .co_deformable_detr_head import CoDeformDETRHead
 from .co_detr import CoDETR
 from .co_roi_head import CoStandardRoIHead
 from .co_transformer import CoDeformableDetrTransformerDecoder
+from .converters import KEY_RULES, ConversionError, convert_state_dict, invert_state_dict
 from .pretrained import register_torchvision_fallback
 
 __all__ = [
     'AuxPositives', 'AuxQueryTargets', 'build_aux_query_targets', 'CoATSSHead',
     'CoDeformDETRHead', 'CoDETR', 'CoStandardRoIHead', 'CoDeformableDetrTransformerDecoder',
-    'register_torchvision_fallback'
+    'register_torchvision_fallback', 'KEY_RULES', 'ConversionError', 'convert_state_dict',
+    'invert_state_dict'
 ]
 
 register_torchvision_fallback()

@@ -1,0 +1,127 @@
+"""Convert an official Co-DETR (mmdet 2.x) checkpoint to this project's mmdet 3.x layout.
+
+Examples::
+
+    # full model (query head + auxiliary heads), checked against the R50 Co-DETR config
+    python tools/model_converters/official_to_mmdet3.py co_deformable_detr_r50_1x_coco.pth \\
+        work_dirs/co_deformable_detr_r50_1x_coco_mmdet3.pth
+    # query head only, loadable by configs/deformable_detr_pp_r50_1x_coco.py
+    python tools/model_converters/official_to_mmdet3.py SRC.pth DST.pth --inference-only
+
+The key table and the checks live in :mod:`projects.codetr.converters`. Every official key is
+renamed or dropped with a reason; an unknown key, a shape/dtype mismatch against the model
+built from ``--config`` or a missing key stops the conversion with the full list of offenders
+(exit status 1). DST is ``{'state_dict': ..., 'meta': {...provenance...}}`` and loads with
+mmengine's ``load_checkpoint`` / the config's ``load_from``.
+"""
+import argparse
+import sys
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))  # so that `projects` imports
+
+from projects.codetr.converters import (  # noqa: E402
+    ConversionError,
+    TensorSpec,
+    UntrustedCheckpointError,
+    build_meta,
+    convert_state_dict,
+    expected_spec,
+    load_official_checkpoint,
+)
+
+FULL_CONFIG = REPO_ROOT / 'configs' / 'co_deformable_detr_r50_1x_coco.py'
+BASELINE_CONFIG = REPO_ROOT / 'configs' / 'deformable_detr_pp_r50_1x_coco.py'
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(
+        description='Convert an official Co-DETR (mmdet 2.x) checkpoint to mmdet 3.x keys')
+    parser.add_argument('src', help='official checkpoint (.pth), {"state_dict", "meta"} or '
+                        'a bare state dict')
+    parser.add_argument('dst', help='output checkpoint path')
+    parser.add_argument(
+        '--inference-only', action='store_true',
+        help='drop the auxiliary heads (rpn_head, roi_head, bbox_head) and the aux-query '
+        'projections; the result loads into the Deformable-DETR++ baseline config')
+    parser.add_argument(
+        '--config', default=None,
+        help='config whose model the result must load into strictly (default: '
+        f'{FULL_CONFIG.relative_to(REPO_ROOT)}, or '
+        f'{BASELINE_CONFIG.relative_to(REPO_ROOT)} with --inference-only)')
+    parser.add_argument(
+        '--trust-checkpoint', action='store_true',
+        help='load SRC with torch.load(weights_only=False). Unpickling can execute code '
+        'stored in the file: use only for checkpoints from a source you trust')
+    parser.add_argument('--verbose', action='store_true',
+                        help='print every mapped key (dropped keys are always printed)')
+    return parser.parse_args(argv)
+
+
+def model_spec(config: Path) -> Dict[str, TensorSpec]:
+    """Shapes and dtypes of the state dict of the model built from ``config``.
+
+    The model is built on the meta device (no memory, no initialisation, no pretrained
+    download); a model that cannot be built there is built on the CPU.
+    """
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    register_all_modules(init_default_scope=True)
+    import projects.codetr  # noqa: F401  (registers the Co-DETR modules)
+
+    cfg = Config.fromfile(str(config))
+    cfg.model.backbone.init_cfg = None
+    try:
+        with torch.device('meta'):
+            model = MODELS.build(cfg.model)
+    except (RuntimeError, NotImplementedError):
+        model = MODELS.build(cfg.model)
+    return expected_spec(model)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the conversion; returns the process exit status."""
+    args = parse_args(argv)
+    config = Path(args.config) if args.config else (
+        BASELINE_CONFIG if args.inference_only else FULL_CONFIG)
+    try:
+        state, meta = load_official_checkpoint(args.src, args.trust_checkpoint)
+    except (UntrustedCheckpointError, ValueError, FileNotFoundError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    print(f'loaded {len(state)} tensors from {args.src}')
+    try:
+        result = convert_state_dict(state, model_spec(config), args.inference_only)
+    except ConversionError as err:
+        print(f'error: {args.src} does not convert to the model of {config}: {err}',
+              file=sys.stderr)
+        return 1
+
+    for key, reason in result.dropped:
+        print(f'dropped {key}: {reason}')
+    for note in result.notes:
+        print(f'note: {note}')
+    if args.verbose:
+        for src_key, dst_key in result.mapped:
+            print(f'mapped {src_key} -> {dst_key}')
+    shown = config.resolve()
+    shown = shown.relative_to(REPO_ROOT) if shown.is_relative_to(REPO_ROOT) else shown
+    out = dict(state_dict=result.state_dict,
+               meta=build_meta(result, args.src, meta, args.inference_only, str(shown)))
+    Path(args.dst).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, args.dst)
+    print(f'{result.summary()}; checked against {config}')
+    print(f'saved {args.dst}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
