@@ -19,7 +19,8 @@ die() { printf '[install] ERROR: %s\n' "$*" >&2; exit 1; }
 pin() {  # pin NAME -> "NAME==VERSION" line from requirements.txt
   local line
   line=$(grep -iE "^$1==" "$REQ") || die "no pin for '$1' in $REQ"
-  echo "$line"
+  line=${line%%#*}
+  echo "${line//[[:space:]]/}"
 }
 
 [ -f "$REQ" ] || die "missing $REQ"
@@ -39,7 +40,7 @@ log "build/runtime helpers (setuptools>=77,<81: mmcv's setup.py imports pkg_reso
 "${PIP[@]}" "setuptools>=77,<81" wheel ninja "$(pin numpy)" || die "setuptools/wheel install failed"
 
 log "mmengine and pure-python dependencies"
-"${PIP[@]}" "$(pin mmengine)" "$(pin opencv-python-headless)" "$(pin pycocotools)" \
+"${PIP[@]}" "$(pin mmengine)" "$(pin opencv-python)" "$(pin pycocotools)" \
   "$(pin matplotlib)" "$(pin pytest)" "$(pin ruff)" || die "dependency install failed"
 
 if "$PY" -c "import mmcv, mmcv._ext; assert mmcv.__version__ == '2.1.0'" 2>/dev/null; then

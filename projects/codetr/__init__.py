@@ -1,5 +1,6 @@
 """Co-DETR (collaborative hybrid assignment training for DETRs) on mmdet 3.x."""
 from .aux_queries import AuxPositives, AuxQueryTargets, build_aux_query_targets
+from .checkpoint_compat import register_checkpoint_safe_globals
 from .co_atss_head import CoATSSHead
 from .co_deformable_detr_head import CoDeformDETRHead
 from .co_detr import CoDETR
@@ -12,7 +13,8 @@ __all__ = [
     'AuxPositives', 'AuxQueryTargets', 'build_aux_query_targets', 'CoATSSHead',
     'CoDeformDETRHead', 'CoDETR', 'CoStandardRoIHead', 'CoDeformableDetrTransformerDecoder',
     'register_torchvision_fallback', 'KEY_RULES', 'ConversionError', 'convert_state_dict',
-    'invert_state_dict'
+    'invert_state_dict', 'register_checkpoint_safe_globals'
 ]
 
 register_torchvision_fallback()
+register_checkpoint_safe_globals()

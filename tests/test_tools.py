@@ -1,0 +1,329 @@
+"""End-to-end tests of the command-line tools on a tiny synthetic dataset (CPU, a few minutes).
+
+generate data -> tools/train.py -> checkpoint -> --resume -> tools/test.py (COCO metrics)
+-> tools/infer.py -> plot_curves, plus 2-process tools/dist_train.sh (gloo) and the dataset
+generator's contract (determinism, empty share, valid boxes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from mmengine.config import Config
+
+from tools.misc.generate_synthetic_coco import SYNTHETIC_CLASSES, generate_split
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG = REPO_ROOT / 'tests' / 'configs' / 'tiny_atss_synthetic.py'
+COCO_KEYS = ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75', 'coco/bbox_mAP_s',
+             'coco/bbox_mAP_m', 'coco/bbox_mAP_l')
+NUM_VAL = 6
+
+
+def _env(threads: int = 2) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               PYTHON=sys.executable)
+    env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get('PYTHONPATH')]))
+    return env
+
+
+def _run(cmd: list[str], timeout: int = 240, threads: int = 2,
+         extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    env = _env(threads)
+    env.update(extra_env or {})
+    proc = subprocess.run([str(c) for c in cmd], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, (
+        f'{" ".join(map(str, cmd))} failed ({proc.returncode}):\n'
+        f'{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}')
+    return proc
+
+
+def _data_options(data_root: Path) -> list[str]:
+    root = f'{data_root}/'
+    ann = f'{root}annotations/instances_val.json'
+    return ['--cfg-options'] + [f'{split}_dataloader.dataset.data_root={root}'
+                                for split in ('train', 'val', 'test')] + [
+        f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}']
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp('synthetic')
+    generate_split(root, 'train', 16, img_size=64, seed=0)
+    generate_split(root, 'val', NUM_VAL, img_size=64, seed=0)
+    return root
+
+
+@pytest.fixture(scope='module')
+def trained(data_root: Path, tmp_path_factory) -> Path:
+    """Work dir of a 4-iteration tools/train.py run (validation at iteration 4)."""
+    work_dir = tmp_path_factory.mktemp('train')
+    _run([sys.executable, 'tools/train.py', CONFIG, '--work-dir', work_dir,
+          *_data_options(data_root)])
+    return work_dir
+
+
+# ---------------------------------------------------------------- dataset generator
+
+
+def test_generator_is_deterministic(tmp_path: Path) -> None:
+    a = generate_split(tmp_path / 'a', 'train', 6, img_size=64, seed=3)
+    b = generate_split(tmp_path / 'b', 'train', 6, img_size=64, seed=3)
+    c = generate_split(tmp_path / 'c', 'train', 6, img_size=64, seed=4)
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+    for name in sorted(p.name for p in (tmp_path / 'a' / 'train').iterdir()):
+        img_a = cv2.imread(str(tmp_path / 'a' / 'train' / name))
+        np.testing.assert_array_equal(img_a, cv2.imread(str(tmp_path / 'b' / 'train' / name)))
+        assert not np.array_equal(img_a, cv2.imread(str(tmp_path / 'c' / 'train' / name)))
+
+
+def test_generator_annotations_are_valid(tmp_path: Path) -> None:
+    img_size, num_images = 96, 50
+    ann_file = generate_split(tmp_path, 'val', num_images, img_size=img_size, seed=1)
+    coco = json.loads(ann_file.read_text())
+    assert [c['name'] for c in coco['categories']] == list(SYNTHETIC_CLASSES)
+    assert [c['id'] for c in coco['categories']] == list(range(1, len(SYNTHETIC_CLASSES) + 1))
+    assert len(coco['images']) == num_images
+    for image in coco['images']:
+        assert (tmp_path / 'val' / image['file_name']).is_file()
+        assert image['width'] == image['height'] == img_size
+    with_objects = {a['image_id'] for a in coco['annotations']}
+    assert num_images - len(with_objects) == round(0.1 * num_images)  # empty-image share
+    sides = []
+    for ann in coco['annotations']:
+        x, y, w, h = ann['bbox']
+        assert x >= 0 and y >= 0 and w >= 1 and h >= 1
+        assert x + w <= img_size and y + h <= img_size
+        assert 0 < ann['area'] <= w * h and ann['iscrowd'] == 0
+        sides.append(max(w, h))
+    assert len({a['category_id'] for a in coco['annotations']}) == len(SYNTHETIC_CLASSES)
+    assert min(sides) <= 12 and max(sides) >= img_size // 3  # ~8 px up to ~half the image
+    assert len({a['id'] for a in coco['annotations']}) == len(coco['annotations'])
+
+
+def test_config_classes_match_generator() -> None:
+    cfg = Config.fromfile(str(CONFIG))
+    assert tuple(cfg.train_dataloader.dataset.metainfo.classes) == SYNTHETIC_CLASSES
+    assert cfg.model.bbox_head.num_classes == len(SYNTHETIC_CLASSES)
+
+
+def test_missing_dataset_error_names_key_and_generator(tmp_path: Path) -> None:
+    from tools.misc.tool_utils import check_dataset_paths
+
+    cfg = Config.fromfile(str(CONFIG))
+    cfg.train_dataloader.dataset.data_root = str(tmp_path / 'nowhere') + '/'
+    with pytest.raises(FileNotFoundError, match='train_dataloader.dataset.ann_file') as info:
+        check_dataset_paths(cfg, ('train_dataloader',))
+    assert 'generate_synthetic_coco.py' in str(info.value)
+
+
+# ---------------------------------------------------------------- train / test / infer
+
+
+def test_train_writes_checkpoint_and_logs(trained: Path) -> None:
+    import torch
+
+    from projects.codetr.checkpoint_compat import register_checkpoint_safe_globals
+
+    ckpt_path = trained / 'iter_4.pth'
+    assert ckpt_path.is_file()
+    assert (trained / 'last_checkpoint').read_text().strip().endswith('iter_4.pth')
+    register_checkpoint_safe_globals()
+    ckpt = torch.load(str(ckpt_path), map_location='cpu')  # weights_only=True
+    assert ckpt['meta']['iter'] == 4
+    assert tuple(ckpt['meta']['dataset_meta']['classes']) == SYNTHETIC_CLASSES
+    records = [json.loads(line) for f in trained.glob('*/vis_data/scalars.json')
+               for line in f.read_text().splitlines()]
+    losses = [r['loss'] for r in records if 'loss' in r]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    assert any('coco/bbox_mAP' in r for r in records)
+
+
+def test_resume_continues_and_plot_curves(trained: Path, data_root: Path,
+                                          tmp_path: Path) -> None:
+    from tools.analysis_tools.plot_curves import main as plot_main
+
+    _run([sys.executable, 'tools/train.py', CONFIG, '--work-dir', trained, '--resume',
+          *_data_options(data_root), 'train_cfg.max_iters=6', 'train_cfg.val_interval=6'])
+    assert (trained / 'iter_6.pth').is_file()
+    assert len(list(trained.glob('*/vis_data/scalars.json'))) == 2
+    logs = sorted(trained.glob('*/*.log'))
+    assert 'resumed from' in logs[-1].read_text().lower()
+
+    out = plot_main([str(trained), '--out', str(tmp_path / 'curves.png')])
+    image = cv2.imread(str(out))
+    assert image is not None and image.shape[0] > 100 and image.std() > 0
+    from tools.analysis_tools.plot_curves import find_scalar_files, load_curves
+    curves = load_curves(find_scalar_files(trained))
+    assert list(curves['loss']) == [1, 2, 3, 4, 5, 6]  # resumed run continues at iter 5
+    assert list(curves['metric']) == [4, 6]
+
+
+def test_test_tool_prints_coco_metrics(trained: Path, data_root: Path, tmp_path: Path) -> None:
+    metrics_out = tmp_path / 'metrics.json'
+    proc = _run([sys.executable, 'tools/test.py', CONFIG, trained / 'iter_4.pth',
+                 '--work-dir', tmp_path / 'work', '--out', tmp_path / 'results.pkl',
+                 '--show-dir', tmp_path / 'show', '--metrics-out', metrics_out,
+                 *_data_options(data_root)])
+    metrics = json.loads(metrics_out.read_text())
+    for key in COCO_KEYS:
+        assert -1.0 <= metrics[key] <= 1.0, (key, metrics)
+    assert 'coco/bbox_mAP' in proc.stdout and 'Average Precision' in proc.stdout
+    with open(tmp_path / 'results.pkl', 'rb') as f:
+        results = pickle.load(f)
+    assert len(results) == NUM_VAL and 'pred_instances' in results[0]
+    assert len(list((tmp_path / 'show').glob('*.png'))) == NUM_VAL
+
+
+def test_infer_writes_png_and_json(trained: Path, data_root: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / 'infer'
+    _run([sys.executable, 'tools/infer.py', data_root / 'val', CONFIG, trained / 'iter_4.pth',
+          '--out-dir', out_dir, '--score-thr', '0.0', '--device', 'cpu'])
+    result = json.loads((out_dir / 'detections.json').read_text())
+    assert result['classes'] == list(SYNTHETIC_CLASSES)
+    assert len(result['images']) == NUM_VAL
+    for record in result['images']:
+        assert (out_dir / f'{Path(record["file"]).stem}.png').is_file()
+        n = len(record['bboxes'])
+        assert len(record['scores']) == len(record['labels']) == len(record['class_names']) == n
+        for box, label, name in zip(record['bboxes'], record['labels'],
+                                    record['class_names']):
+            assert len(box) == 4 and box[0] <= box[2] and box[1] <= box[3]
+            assert SYNTHETIC_CLASSES[label] == name
+    png = cv2.imread(str(out_dir / '000000.png'))
+    assert png.shape[:2] == (64, 64)
+
+
+def test_browse_dataset_saves_pngs(data_root: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / 'browse'
+    _run([sys.executable, 'tools/misc/browse_dataset.py', CONFIG, '--output-dir', out_dir,
+          '--not-show', '--max-images', '3', *_data_options(data_root)])
+    assert len(list(out_dir.glob('*.png'))) == 3
+
+
+def test_dist_train_two_cpu_processes(data_root: Path, tmp_path: Path) -> None:
+    work_dir = tmp_path / 'dist'
+    _run(['bash', 'tools/dist_train.sh', CONFIG, '2', '--work-dir', work_dir,
+          *_data_options(data_root), 'train_cfg.max_iters=2', 'train_cfg.val_interval=2',
+          'default_hooks.checkpoint.interval=2'],
+         threads=1, extra_env=dict(PORT=str(_free_port())))
+    assert (work_dir / 'iter_2.pth').is_file()
+    log = next(work_dir.glob('*/*.log')).read_text()
+    assert "dist_cfg: {'backend': 'gloo'}" in log
+    assert 'Distributed training: True' in log and 'GPU number: 2' in log  # world size 2
+    assert 'Iter(train) [2/2]' in log and 'coco/bbox_mAP' in log
+
+    metrics_out = tmp_path / 'dist_metrics.json'
+    proc = _run(['bash', 'tools/dist_test.sh', CONFIG, work_dir / 'iter_2.pth', '2',
+                 '--work-dir', tmp_path / 'dist_test', '--metrics-out', metrics_out,
+                 *_data_options(data_root)],
+                threads=1, extra_env=dict(PORT=str(_free_port())))
+    assert set(COCO_KEYS) <= set(json.loads(metrics_out.read_text()))
+    assert proc.stdout.count('metrics written to') == 1  # only rank 0 reports
+
+
+def test_plot_curves_places_val_at_its_iteration(tmp_path: Path) -> None:
+    from tools.analysis_tools.plot_curves import find_scalar_files, load_curves, plot_curves
+
+    run = tmp_path / '20260101_000000' / 'vis_data'
+    run.mkdir(parents=True)
+    (run / 'config.py').write_text(
+        "train_cfg = dict(type='IterBasedTrainLoop', max_iters=320, val_interval=150)\n")
+    lines = []
+    for it in range(20, 321, 20):  # logger interval 20: val at 150/300/320 comes after 140/...
+        lines.append(json.dumps(dict(loss=10.0 / it, iter=it, step=it)))
+        if it in (140, 300, 320):
+            lines.append(json.dumps({'coco/bbox_mAP': it / 1000, 'step': 0}))
+    (run / 'scalars.json').write_text('\n'.join(lines) + '\n')
+    curves = load_curves(find_scalar_files(tmp_path))
+    assert list(curves['metric']) == [150, 300, 320]
+    assert curves['metric'][150] == pytest.approx(0.14)
+    assert len(curves['loss']) == 16
+    out = plot_curves(curves, tmp_path / 'c.png')
+    assert cv2.imread(str(out)).shape == (400, 1100, 3)
+
+
+# ---------------------------------------------------------------- Co-DETR through the tools
+
+CODETR_TINY = REPO_ROOT / 'tests' / 'configs' / 'co_deformable_detr_tiny.py'
+
+
+def _codetr_synthetic_config(path: Path, data_root: Path) -> list[str]:
+    """Write a 6-class, 128 px, 2-iteration, no-val tiny Co-DETR config to ``path``.
+
+    Returns:
+        list[str]: ``--cfg-options`` for the list-valued heads (lists are not merged).
+    """
+    num = len(SYNTHETIC_CLASSES)
+    path.write_text(f'''_base_ = {str(CODETR_TINY)!r}
+classes = {SYNTHETIC_CLASSES!r}
+data_root = {f"{data_root}/"!r}
+model = dict(query_head=dict(num_classes={num}))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
+    dict(type='PackDetInputs')]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))]
+train_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(
+    data_root=data_root, metainfo=dict(classes=classes), pipeline=train_pipeline,
+    ann_file='annotations/instances_train.json', data_prefix=dict(img='train/')))
+test_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(
+    data_root=data_root, metainfo=dict(classes=classes), pipeline=test_pipeline,
+    ann_file='annotations/instances_val.json', data_prefix=dict(img='val/')))
+test_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
+val_dataloader = val_evaluator = val_cfg = None  # evaluation is tools/test.py's job here
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=2)
+param_scheduler = []
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(by_epoch=False, interval=2))
+log_processor = dict(by_epoch=False)
+''')
+    return [f'model.roi_head.0.bbox_head.num_classes={num}',
+            f'model.bbox_head.0.num_classes={num}']
+
+
+@pytest.mark.skipif(not CODETR_TINY.is_file(), reason='tiny Co-DETR config not present')
+def test_codetr_train_test_infer(data_root: Path, tmp_path: Path) -> None:
+    config = tmp_path / 'co_detr_synthetic.py'
+    heads = _codetr_synthetic_config(config, data_root)
+    work_dir = tmp_path / 'work'
+    _run([sys.executable, 'tools/train.py', config, '--work-dir', work_dir,
+          '--cfg-options', *heads])
+    ckpt = work_dir / 'iter_2.pth'
+    assert ckpt.is_file()
+
+    metrics_out = tmp_path / 'metrics.json'
+    _run([sys.executable, 'tools/test.py', config, ckpt, '--work-dir', tmp_path / 'test',
+          '--metrics-out', metrics_out, '--cfg-options', *heads])
+    assert set(COCO_KEYS) <= set(json.loads(metrics_out.read_text()))
+
+    out_dir = tmp_path / 'infer'
+    _run([sys.executable, 'tools/infer.py', data_root / 'val' / '000000.png', config, ckpt,
+          '--out-dir', out_dir, '--score-thr', '0.0', '--cfg-options', *heads])
+    record = json.loads((out_dir / 'detections.json').read_text())['images'][0]
+    assert (out_dir / '000000.png').is_file()
+    assert 0 < len(record['bboxes']) <= 100 and set(record['class_names']) <= set(
+        SYNTHETIC_CLASSES)

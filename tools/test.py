@@ -1,0 +1,140 @@
+"""Evaluate a checkpoint on the test split and print the COCO box AP table.
+
+Examples::
+
+    python tools/test.py CONFIG work_dirs/run1/epoch_12.pth
+    python tools/test.py CONFIG CKPT --out results.pkl --show-dir vis/
+    bash tools/dist_test.sh CONFIG CKPT 8
+
+Besides mmengine's logs, the metrics are written to ``--metrics-out`` (default
+``<work_dir>/test_metrics.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+from pathlib import Path
+from typing import Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))  # so that `projects` and `tools.misc` import
+
+from mmengine.config import DictAction  # noqa: E402
+
+_COCO_ORDER = ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m',
+               'bbox_mAP_l')
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a detector')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save logs and metrics')
+    parser.add_argument('--out', help='dump raw predictions to this .pkl file')
+    parser.add_argument('--metrics-out',
+                        help='write the metrics JSON here (default: WORK_DIR/test_metrics.json)')
+    parser.add_argument('--show-dir',
+                        help='save images painted with predictions to this folder')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override config settings, key=value pairs, e.g. test_dataloader.batch_size=1')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def format_metrics(metrics: dict) -> str:
+    """Format evaluation metrics as a two-column text table, COCO box AP first.
+
+    Args:
+        metrics: Mapping as returned by ``Runner.test()``.
+
+    Returns:
+        str: The table.
+    """
+    keys = [k for name in _COCO_ORDER for k in metrics if k.endswith('/' + name)]
+    keys += [k for k in metrics if k not in keys]
+    width = max([len(k) for k in keys] + [6])
+    lines = [f'{"metric":<{width}}  value', f'{"-" * width}  -----']
+    for key in keys:
+        value = metrics[key]
+        text = f'{value:.4f}' if isinstance(value, float) else str(value)
+        lines.append(f'{key:<{width}}  {text}')
+    return '\n'.join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Build the runner, run the test loop and report the metrics.
+
+    Returns:
+        dict: The metrics returned by ``Runner.test()`` (the same on every rank).
+    """
+    args = parse_args(argv)
+
+    from mmengine.dist import is_main_process
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    from tools.misc.tool_utils import (
+        check_dataset_paths,
+        load_config,
+        setup_modules,
+        use_cpu_distributed_if_needed,
+    )
+
+    setup_modules()
+    cfg = load_config(args.config, args.cfg_options)
+    cfg.launcher = args.launcher
+    if not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
+
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+    cfg.resume = False
+
+    if args.show_dir:
+        hooks = cfg.get('default_hooks') or {}
+        if 'visualization' not in hooks:
+            raise KeyError(f"--show-dir needs default_hooks.visualization in {args.config}, "
+                           "e.g. visualization=dict(type='DetVisualizationHook')")
+        hooks['visualization']['draw'] = True
+        # Absolute, so the hook does not nest it under work_dir/timestamp as mmdet does.
+        hooks['visualization']['test_out_dir'] = osp.abspath(args.show_dir)
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        raise ValueError(f'--out {args.out!r}: the dump file must end with .pkl or .pickle')
+
+    check_dataset_paths(cfg, ('test_dataloader',))
+    use_cpu_distributed_if_needed(cfg, args.launcher)
+
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    if args.out is not None:
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+
+    metrics = runner.test()
+    if is_main_process():
+        metrics_out = args.metrics_out or osp.join(cfg.work_dir, 'test_metrics.json')
+        os.makedirs(osp.dirname(osp.abspath(metrics_out)), exist_ok=True)
+        with open(metrics_out, 'w') as f:
+            json.dump({k: float(v) if isinstance(v, int | float) else v
+                       for k, v in metrics.items()}, f, indent=2)
+        print(format_metrics(metrics))
+        print(f'metrics written to {metrics_out}')
+    return metrics
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,119 @@
+"""Train a detector with mmengine's Runner (mmdetection 3.x conventions).
+
+Examples::
+
+    python tools/train.py configs/co_deformable_detr_r50_1x_coco.py
+    python tools/train.py CONFIG --work-dir work_dirs/run1 --amp --resume
+    bash tools/dist_train.sh CONFIG 8            # torchrun; gloo on CPU-only machines
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import sys
+from pathlib import Path
+from typing import Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))  # so that `projects` and `tools.misc` import
+
+from mmengine.config import DictAction  # noqa: E402
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description='Train a detector')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument('--amp', action='store_true',
+                        help='enable automatic mixed-precision training')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the LR by the actual / base batch size (auto_scale_lr)')
+    parser.add_argument(
+        '--resume', nargs='?', type=str, const='auto',
+        help='resume from the given checkpoint, or (without a value) from the latest '
+        'checkpoint in the work dir')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override config settings, key=value pairs, e.g. train_cfg.max_epochs=2 '
+        'or key="[a,b]" for lists (quotes needed, no spaces)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    # torch.distributed.launch (deprecated) passes --local-rank; torchrun sets LOCAL_RANK.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Build the runner from the config and train."""
+    args = parse_args(argv)
+
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    from tools.misc.tool_utils import (
+        check_dataset_paths,
+        load_config,
+        setup_modules,
+        use_cpu_distributed_if_needed,
+    )
+
+    setup_modules()
+    cfg = load_config(args.config, args.cfg_options)
+    cfg.launcher = args.launcher
+
+    # work_dir priority: CLI > config > ./work_dirs/<config name>
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+
+    if args.amp:
+        import torch
+        if not torch.cuda.is_available():
+            raise RuntimeError('--amp needs a CUDA device (mmengine AmpOptimWrapper supports '
+                               'gpu/npu/mlu/musa only); drop --amp on this CPU-only machine')
+        if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
+            print('AMP is already enabled in the config.')
+        else:
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.loss_scale = 'dynamic'
+
+    if args.auto_scale_lr:
+        scale_cfg = cfg.get('auto_scale_lr') or {}
+        if 'base_batch_size' not in scale_cfg:
+            raise KeyError(f'--auto-scale-lr needs `auto_scale_lr = dict(enable=False, '
+                           f'base_batch_size=N)` in {args.config}; found '
+                           f'auto_scale_lr={scale_cfg!r}')
+        cfg.auto_scale_lr.enable = True
+
+    # resume priority: explicit checkpoint > latest checkpoint in work_dir
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        if not osp.isfile(args.resume):
+            raise FileNotFoundError(f'--resume checkpoint {args.resume!r} does not exist')
+        cfg.resume = True
+        cfg.load_from = args.resume
+    if cfg.get('load_from') and not cfg.get('resume') and not osp.isfile(cfg.load_from):
+        if '://' not in cfg.load_from:
+            raise FileNotFoundError(f'load_from={cfg.load_from!r} in {args.config} does '
+                                    'not exist')
+
+    loaders = ('train_dataloader',) + (('val_dataloader',) if cfg.get('val_cfg') else ())
+    check_dataset_paths(cfg, loaders)
+    use_cpu_distributed_if_needed(cfg, args.launcher)
+
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
