@@ -262,68 +262,76 @@ def test_plot_curves_places_val_at_its_iteration(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- Co-DETR through the tools
 
-CODETR_TINY = REPO_ROOT / 'tests' / 'configs' / 'co_deformable_detr_tiny.py'
+CODETR_SYNTHETIC = REPO_ROOT / 'configs' / 'co_deformable_detr_synthetic.py'
 
 
-def _codetr_synthetic_config(path: Path, data_root: Path) -> list[str]:
-    """Write a 6-class, 128 px, 2-iteration, no-val tiny Co-DETR config to ``path``.
+def _codetr_options(data_root: Path) -> list[str]:
+    """--cfg-options: tiny data, one 2-iteration epoch, single-process loading."""
+    opts = _data_options(data_root)
+    for split in ('train', 'val', 'test'):
+        opts += [f'{split}_dataloader.num_workers=0',
+                 f'{split}_dataloader.persistent_workers=False']
+    return opts + ['train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
+                   'default_hooks.checkpoint.interval=1', 'default_hooks.logger.interval=1']
 
-    Returns:
-        list[str]: ``--cfg-options`` for the list-valued heads (lists are not merged).
-    """
+
+@pytest.fixture(scope='module')
+def codetr_trained(data_root: Path, tmp_path_factory) -> Path:
+    """Checkpoint of one epoch (16 images / batch 4) of the synthetic Co-DETR config."""
+    work_dir = tmp_path_factory.mktemp('codetr')
+    _run([sys.executable, 'tools/train.py', CODETR_SYNTHETIC, '--work-dir', work_dir,
+          *_codetr_options(data_root)])
+    return work_dir
+
+
+def test_codetr_config_classes_match_generator() -> None:
+    cfg = Config.fromfile(str(CODETR_SYNTHETIC))
+    assert tuple(cfg.classes) == SYNTHETIC_CLASSES
+    assert tuple(cfg.train_dataloader.dataset.metainfo.classes) == SYNTHETIC_CLASSES
     num = len(SYNTHETIC_CLASSES)
-    path.write_text(f'''_base_ = {str(CODETR_TINY)!r}
-classes = {SYNTHETIC_CLASSES!r}
-data_root = {f"{data_root}/"!r}
-model = dict(query_head=dict(num_classes={num}))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='Resize', scale=(128, 128), keep_ratio=True),
-    dict(type='PackDetInputs')]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(128, 128), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))]
-train_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(
-    data_root=data_root, metainfo=dict(classes=classes), pipeline=train_pipeline,
-    ann_file='annotations/instances_train.json', data_prefix=dict(img='train/')))
-test_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(
-    data_root=data_root, metainfo=dict(classes=classes), pipeline=test_pipeline,
-    ann_file='annotations/instances_val.json', data_prefix=dict(img='val/')))
-test_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
-val_dataloader = val_evaluator = val_cfg = None  # evaluation is tools/test.py's job here
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=2)
-param_scheduler = []
-default_hooks = dict(logger=dict(interval=1), checkpoint=dict(by_epoch=False, interval=2))
-log_processor = dict(by_epoch=False)
-''')
-    return [f'model.roi_head.0.bbox_head.num_classes={num}',
-            f'model.bbox_head.0.num_classes={num}']
+    assert cfg.model.query_head.num_classes == num
+    assert cfg.model.roi_head[0].bbox_head.num_classes == num
+    assert cfg.model.bbox_head[0].num_classes == num
 
 
-@pytest.mark.skipif(not CODETR_TINY.is_file(), reason='tiny Co-DETR config not present')
-def test_codetr_train_test_infer(data_root: Path, tmp_path: Path) -> None:
-    config = tmp_path / 'co_detr_synthetic.py'
-    heads = _codetr_synthetic_config(config, data_root)
-    work_dir = tmp_path / 'work'
-    _run([sys.executable, 'tools/train.py', config, '--work-dir', work_dir,
-          '--cfg-options', *heads])
-    ckpt = work_dir / 'iter_2.pth'
+def test_codetr_train_test_infer(codetr_trained: Path, data_root: Path,
+                                 tmp_path: Path) -> None:
+    ckpt = codetr_trained / 'epoch_1.pth'
     assert ckpt.is_file()
+    log = next(codetr_trained.glob('*/*.log')).read_text()
+    assert 'loss_cls_aux1' in log and 'coco/bbox_mAP' in log
 
     metrics_out = tmp_path / 'metrics.json'
-    _run([sys.executable, 'tools/test.py', config, ckpt, '--work-dir', tmp_path / 'test',
-          '--metrics-out', metrics_out, '--cfg-options', *heads])
+    _run([sys.executable, 'tools/test.py', CODETR_SYNTHETIC, ckpt, '--work-dir',
+          tmp_path / 'test', '--metrics-out', metrics_out, *_codetr_options(data_root)])
     assert set(COCO_KEYS) <= set(json.loads(metrics_out.read_text()))
 
     out_dir = tmp_path / 'infer'
-    _run([sys.executable, 'tools/infer.py', data_root / 'val' / '000000.png', config, ckpt,
-          '--out-dir', out_dir, '--score-thr', '0.0', '--cfg-options', *heads])
+    _run([sys.executable, 'tools/infer.py', data_root / 'val' / '000000.png', CODETR_SYNTHETIC,
+          ckpt, '--out-dir', out_dir, '--score-thr', '0.0'])
     record = json.loads((out_dir / 'detections.json').read_text())['images'][0]
     assert (out_dir / '000000.png').is_file()
     assert 0 < len(record['bboxes']) <= 100 and set(record['class_names']) <= set(
         SYNTHETIC_CLASSES)
+
+
+@pytest.mark.parametrize('eval_module', ['one-stage', 'two-stage'])
+def test_codetr_aux_heads_evaluate_through_test_tool(codetr_trained: Path, data_root: Path,
+                                                     tmp_path: Path, eval_module: str) -> None:
+    metrics_out = tmp_path / 'metrics.json'
+    _run([sys.executable, 'tools/test.py', CODETR_SYNTHETIC, codetr_trained / 'epoch_1.pth',
+          '--work-dir', tmp_path / 'test', '--metrics-out', metrics_out,
+          *_codetr_options(data_root), f'model.eval_module={eval_module}'])
+    assert set(COCO_KEYS) <= set(json.loads(metrics_out.read_text()))
+
+
+def test_codetr_dist_train_two_cpu_processes(data_root: Path, tmp_path: Path) -> None:
+    """DDP over gloo with every auxiliary head: no unused parameters, same iterations."""
+    work_dir = tmp_path / 'dist'
+    _run(['bash', 'tools/dist_train.sh', CODETR_SYNTHETIC, '2', '--work-dir', work_dir,
+          *_codetr_options(data_root), 'train_cfg.val_interval=2'],
+         threads=1, extra_env=dict(PORT=str(_free_port())))
+    assert (work_dir / 'epoch_1.pth').is_file()
+    log = next(work_dir.glob('*/*.log')).read_text()
+    assert 'GPU number: 2' in log and "'backend': 'gloo'" in log
+    assert 'Epoch(train) [1][2/2]' in log  # 16 images / (2 processes x 4) per iteration
