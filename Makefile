@@ -13,5 +13,8 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow tests
 
+demo:
+	bash tools/demo.sh
+
 lint: install
 	$(VENV)/bin/ruff check projects tools tests configs
