@@ -7,14 +7,17 @@ from .co_detr import CoDETR
 from .co_roi_head import CoStandardRoIHead
 from .co_transformer import CoDeformableDetrTransformerDecoder
 from .converters import KEY_RULES, ConversionError, convert_state_dict, invert_state_dict
+from .ms_deform_attn_cpu import multi_scale_deformable_attn_cpu, use_fast_cpu_ms_deform_attn
 from .pretrained import register_torchvision_fallback
 
 __all__ = [
     'AuxPositives', 'AuxQueryTargets', 'build_aux_query_targets', 'CoATSSHead',
     'CoDeformDETRHead', 'CoDETR', 'CoStandardRoIHead', 'CoDeformableDetrTransformerDecoder',
     'register_torchvision_fallback', 'KEY_RULES', 'ConversionError', 'convert_state_dict',
-    'invert_state_dict', 'register_checkpoint_safe_globals'
+    'invert_state_dict', 'register_checkpoint_safe_globals', 'multi_scale_deformable_attn_cpu',
+    'use_fast_cpu_ms_deform_attn'
 ]
 
 register_torchvision_fallback()
 register_checkpoint_safe_globals()
+use_fast_cpu_ms_deform_attn()  # CPU tensors only; opt out with CODETR_DISABLE_FAST_MSDA=1
