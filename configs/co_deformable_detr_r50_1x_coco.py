@@ -228,7 +228,7 @@ train_scales = [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333),
                 (640, 1333), (672, 1333), (704, 1333), (736, 1333), (768, 1333),
                 (800, 1333)]
 train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
+    dict(type='CheckedLoadImageFromFile', backend_args={{_base_.backend_args}}),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='RandomFlip', prob=0.5),
     dict(
@@ -254,10 +254,15 @@ train_pipeline = [
 train_dataloader = dict(
     batch_size=2,
     num_workers=2,
-    dataset=dict(filter_cfg=dict(filter_empty_gt=False), pipeline=train_pipeline))
+    dataset=dict(
+        type='CheckedCocoDataset', filter_cfg=dict(filter_empty_gt=False),
+        pipeline=train_pipeline))
 
+# Stops (or, with on_nonfinite='skip', skips the step) on a NaN/inf loss or gradient,
+# naming the loss term and the iteration.
 optim_wrapper = dict(
-    type='OptimWrapper',
+    type='FiniteCheckOptimWrapper',
+    on_nonfinite='raise',
     optimizer=dict(type='AdamW', lr=2e-4, weight_decay=1e-4),
     clip_grad=dict(max_norm=0.1, norm_type=2),
     paramwise_cfg=dict(
@@ -275,5 +280,9 @@ param_scheduler = [
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[11],
          gamma=0.1)
 ]
+# Crash-safe checkpoints (temp file + rename; old ones removed after the new one is
+# complete) and exact resume (random generator states saved in the checkpoint).
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook', interval=1))
+custom_hooks = [dict(type='RandomStateHook')]
 # lr 2e-4 is for 16 images per iteration (8 GPUs x 2); --auto-scale-lr rescales it.
 auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -67,6 +67,7 @@ class _GetattrEscape:
 def _runner(work_dir: Path, max_epochs: int, **kwargs) -> Runner:
     return Runner(
         model=_ToyModel(),
+        default_scope='mmdet',  # leave the registry scope as the other tests expect
         work_dir=str(work_dir),
         train_dataloader=dict(
             dataset=_ToyDataset(), sampler=dict(type='DefaultSampler', shuffle=True),

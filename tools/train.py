@@ -82,6 +82,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
             print('AMP is already enabled in the config.')
         else:
+            if cfg.optim_wrapper.get('type') == 'FiniteCheckOptimWrapper':
+                print('--amp replaces FiniteCheckOptimWrapper: AMP\'s loss scaler skips steps '
+                      'with inf/NaN gradients itself, without naming the loss term.')
+                cfg.optim_wrapper.pop('on_nonfinite', None)
+                cfg.optim_wrapper.pop('max_consecutive_skips', None)
+                cfg.optim_wrapper.pop('check_grad', None)
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
 

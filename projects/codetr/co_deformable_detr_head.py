@@ -11,6 +11,8 @@ from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
 from mmdet.utils import ConfigType, InstanceList, reduce_mean
+from mmengine.config import ConfigDict
+from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
 from .aux_queries import AuxQueryTargets
@@ -280,6 +282,24 @@ class CoDeformDETRHead(DeformableDETRHead):
         all_cls, all_coords = self(out['hidden_states'], out['references'])
         batch_img_metas = [s.metainfo for s in batch_data_samples]
         return self.predict_by_feat(all_cls, all_coords, batch_img_metas, rescale=rescale)
+
+    def _predict_by_feat_single(self, cls_score: Tensor, bbox_pred: Tensor, img_meta: dict,
+                                rescale: bool = True) -> InstanceData:
+        """mmdet's top-k post-processing, with k capped at queries x classes.
+
+        Co-DETR: a tiny image has fewer encoder tokens than ``num_query``, so the
+        two-stage selection keeps fewer queries and ``max_per_img`` can exceed
+        the number of (query, class) pairs.
+        """
+        limit = cls_score.numel()
+        test_cfg = self.test_cfg
+        if test_cfg.get('max_per_img', limit) <= limit:
+            return super()._predict_by_feat_single(cls_score, bbox_pred, img_meta, rescale)
+        self.test_cfg = ConfigDict({**test_cfg, 'max_per_img': limit})
+        try:
+            return super()._predict_by_feat_single(cls_score, bbox_pred, img_meta, rescale)
+        finally:
+            self.test_cfg = test_cfg
 
     # -------------------------------------------------------------- auxiliary branch
     def forward_aux(self, enc_maps: Sequence[Tensor], aux: AuxQueryTargets,
