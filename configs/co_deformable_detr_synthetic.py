@@ -79,3 +79,4 @@ default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(interval=3, max_keep_ckpts=2, save_best='coco/bbox_mAP'))
 log_processor = dict(window_size=10)
+randomness = dict(seed=0)  # same seed for the demo and the aux-budget comparison

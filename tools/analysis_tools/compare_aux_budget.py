@@ -1,6 +1,6 @@
 """Accuracy per training budget: Co-DETR vs its aux-free baseline, same seed and schedule.
 
-Trains both configs on the synthetic dataset with validation after every epoch,
+Trains both configs on the synthetic dataset with the config's validation interval,
 then writes a markdown table and a PNG of val box mAP against iteration::
 
     python tools/analysis_tools/compare_aux_budget.py --out-dir work_dirs/aux_budget
@@ -45,6 +45,9 @@ def main(argv=None) -> None:
     parser.add_argument('--epochs', type=int, default=12)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--skip-train', action='store_true', help='only tabulate and plot')
+    parser.add_argument('--reuse-co-detr', metavar='WORK_DIR',
+                        help='take the Co-DETR curve from this finished run (e.g. the demo\'s '
+                             'work_dirs/demo, same config and seed) instead of training it')
     args = parser.parse_args(argv)
     out_dir = ROOT / args.out_dir
     data = Path(args.data_root)
@@ -56,11 +59,13 @@ def main(argv=None) -> None:
     curves: Dict[str, List[Tuple[int, float, float]]] = {}
     for name, config in RUNS.items():
         work_dir = out_dir / Path(config).stem
-        if not args.skip_train:
+        if args.reuse_co_detr and name.startswith('Co-DETR'):
+            work_dir = ROOT / args.reuse_co_detr
+        elif not args.skip_train:
             subprocess.run(
                 [py, 'tools/train.py', config, '--work-dir', str(work_dir), '--cfg-options',
                  f'randomness.seed={args.seed}', f'train_cfg.max_epochs={args.epochs}',
-                 'train_cfg.val_interval=1', f'train_dataloader.dataset.data_root={data}/',
+                 f'train_dataloader.dataset.data_root={data}/',
                  f'val_dataloader.dataset.data_root={data}/',
                  f'val_evaluator.ann_file={data}/annotations/instances_val.json'],
                 cwd=ROOT, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
