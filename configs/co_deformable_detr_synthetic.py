@@ -13,13 +13,18 @@ metainfo = dict(classes=classes)
 data_root = 'data/synthetic/'
 img_scale = (128, 128)
 batch_size = 4
-max_epochs = 12
+max_epochs = 15
 
 syn_roi_head = _base_.model.roi_head[0]
 syn_roi_head.bbox_head.num_classes = num_classes
 syn_atss_head = _base_.model.bbox_head[0]
 syn_atss_head.num_classes = num_classes
 model = dict(
+    # No pretrained weights here, so the backbone trains fully from scratch: no
+    # frozen stem/stage 1, trainable BN (the COCO recipe freezes them because it
+    # starts from ImageNet weights).
+    backbone=dict(frozen_stages=-1, norm_cfg=dict(type='BN', requires_grad=True),
+                  norm_eval=False),
     query_head=dict(num_classes=num_classes),
     roi_head=[syn_roi_head],
     bbox_head=[syn_atss_head])
@@ -66,8 +71,11 @@ val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
 # Small-scale schedule (deviation from the paper's 12 COCO epochs at 16 images):
-# higher lr for batch 4, decay at 3/4 of training.
-optim_wrapper = dict(optimizer=dict(lr=4e-4))
+# higher lr for batch 4, decay at 3/4 of training,
+# backbone lr x1 (from scratch) instead of x0.1.
+optim_wrapper = dict(
+    optimizer=dict(lr=4e-4),
+    paramwise_cfg=dict(custom_keys=dict(backbone=dict(lr_mult=1.0))))
 train_cfg = dict(max_epochs=max_epochs, val_interval=3)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=50),

@@ -16,6 +16,7 @@ reported ratio (median of per-round ratios) is robust to machine noise.
 """
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -44,6 +45,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--repeat', type=int, default=10)
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--flops', action='store_true', help='count FLOPs and exit')
+    parser.add_argument('--msda-ab', action='store_true',
+                        help='A/B the whole step with mmcv\'s CPU deformable attention '
+                             '(CODETR_DISABLE_FAST_MSDA=1) against ours, alternately')
     parser.add_argument('--json', help='write the results here')
     return parser.parse_args(argv)
 
@@ -163,7 +167,20 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         print(json.dumps(result, indent=2))
         return result
     steps = {args.config: make_step(model, args)}
-    if args.compare:
+    if args.msda_ab:
+        if args.compare:
+            raise SystemExit('--msda-ab and --compare are exclusive')
+        fast = steps[args.config]
+
+        def mmcv_fallback():
+            os.environ['CODETR_DISABLE_FAST_MSDA'] = '1'
+            try:
+                fast()
+            finally:
+                os.environ.pop('CODETR_DISABLE_FAST_MSDA')
+        args.compare = 'mmcv CPU deformable attention'
+        steps[args.compare] = mmcv_fallback
+    elif args.compare:
         other = build(args.compare, args.checkpoint if args.mode == 'infer' else None,
                       args.device)
         if args.checkpoint is None:  # same weights where names agree
