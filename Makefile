@@ -2,16 +2,13 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test test-slow lint demo
+.PHONY: install test lint demo
 
 install:
 	bash tools/install.sh
 
 test: install
 	$(PY) -m pytest -q tests
-
-test-slow: install
-	$(PY) -m pytest -q -m slow tests
 
 demo:
 	bash tools/demo.sh
