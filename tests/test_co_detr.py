@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import BASELINE_CFG, R50_CFG, TINY_CFG, build_model, load_cfg, make_batch
 
-REFERENCE = Path(__file__).resolve().parents[2] / 'shared' / 'reference'
+REFERENCE = Path(__file__).resolve().parent / 'data'  # copy of ../shared/reference
 SHAPES = [(96, 128), (112, 96)]
 ONE_GT = [[(10., 12., 60., 70., 3)], [(30., 20., 80., 90., 7)]]
 NO_GT = [[], []]

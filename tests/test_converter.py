@@ -21,7 +21,8 @@ from projects.codetr.converters import (
 )
 
 torch.set_num_threads(2)
-LISTING = ROOT.parent / 'shared' / 'reference' / 'official_keys_co_deformable_detr_r50.txt'
+# copy of ../shared/reference/official_keys_co_deformable_detr_r50.txt (official R50 state dict)
+LISTING = ROOT / 'tests' / 'data' / 'official_keys_co_deformable_detr_r50.txt'
 TOOL = ROOT / 'tools' / 'model_converters' / 'official_to_mmdet3.py'
 TINY_BASELINE_CFG = ROOT / 'tests' / 'configs' / 'deformable_detr_pp_tiny.py'
 AUX_PREFIXES = ('rpn_head.', 'roi_head.', 'bbox_head.', 'query_head.transformer.aux_pos_trans',
