@@ -91,3 +91,21 @@ def test_roi_positives(setup):
     rois = bbox2roi([pos.coords[0, :3]])
     feats = head.bbox_roi_extractor(maps[:4], rois).mean((2, 3))
     torch.testing.assert_close(pos.feats[0, :3], feats)
+
+
+def test_atss_losses_equal_stock_mmdet_atss(setup):
+    """CoATSSHead adds outputs, not math: same losses as mmdet's ATSSHead."""
+    from conftest import load_cfg
+    from mmdet.registry import MODELS
+    from mmengine.config import ConfigDict
+    model, maps, samples = setup
+    cfg = load_cfg(TINY_CFG)
+    head_cfg = ConfigDict(cfg.model.bbox_head[0], type='ATSSHead',
+                          train_cfg=cfg.model.train_cfg[2], test_cfg=cfg.model.test_cfg[2])
+    stock = MODELS.build(head_cfg)
+    stock.load_state_dict(model.bbox_head[0].state_dict())
+    ours, _ = model.bbox_head[0].loss_and_positives(maps, samples)
+    ref = stock.loss(maps, samples)
+    assert set(ours) == set(ref)
+    for key in ref:
+        assert total(ours[key]) == pytest.approx(total(ref[key]), rel=1e-6), key
