@@ -302,8 +302,27 @@ class CoDeformDETRHead(DeformableDETRHead):
             self.test_cfg = test_cfg
 
     # -------------------------------------------------------------- auxiliary branch
+    def aux_value_inputs(self, enc_maps: Sequence[Tensor],
+                         batch_data_samples: SampleList) -> Dict[str, Tensor]:
+        """Decoder values of the auxiliary branch, shared by all auxiliary heads.
+
+        Returns:
+            dict: ``value`` (the first ``num_feature_levels`` encoder maps
+            flattened, (bs, num_value, c)), ``key_padding_mask``,
+            ``spatial_shapes``, ``level_start_index`` and ``valid_ratios``.
+        """
+        encoder_inputs, decoder_inputs = self.pre_transformer(
+            enc_maps[:self.num_feature_levels], batch_data_samples)
+        return dict(value=encoder_inputs['feat'],
+                    key_padding_mask=decoder_inputs['memory_mask'],
+                    spatial_shapes=decoder_inputs['spatial_shapes'],
+                    level_start_index=decoder_inputs['level_start_index'],
+                    valid_ratios=decoder_inputs['valid_ratios'])
+
     def forward_aux(self, enc_maps: Sequence[Tensor], aux: AuxQueryTargets,
-                    head_idx: int, batch_data_samples: SampleList) -> Tuple[Tensor, Tensor]:
+                    head_idx: int, batch_data_samples: SampleList,
+                    value_inputs: Optional[Dict[str, Tensor]] = None
+                    ) -> Tuple[Tensor, Tensor]:
         """Decode the auxiliary queries of head ``head_idx``.
 
         Args:
@@ -312,6 +331,8 @@ class CoDeformDETRHead(DeformableDETRHead):
             aux (AuxQueryTargets): Queries (normalised cxcywh) and features.
             head_idx (int): Index k of the auxiliary head.
             batch_data_samples (list[DetDataSample]): For masks/valid ratios.
+            value_inputs (dict, optional): :meth:`aux_value_inputs`, computed
+                once for all heads; built here when None.
 
         Returns:
             tuple[Tensor, Tensor]: Class logits (num_layers, bs, N, C) and
@@ -320,8 +341,8 @@ class CoDeformDETRHead(DeformableDETRHead):
         if not 0 <= head_idx < self.num_co_heads:
             raise IndexError(f'CoDeformDETRHead: auxiliary head index {head_idx} is out of '
                              f'range for num_co_heads={self.num_co_heads}')
-        value_maps = enc_maps[:self.num_feature_levels]
-        encoder_inputs, decoder_inputs = self.pre_transformer(value_maps, batch_data_samples)
+        if value_inputs is None:
+            value_inputs = self.aux_value_inputs(enc_maps, batch_data_samples)
         c = self.embed_dims
         pos = self.get_proposal_pos_embed(inverse_sigmoid(aux.coords), num_pos_feats=c // 2)
         pos_trans_out = self.aux_pos_trans_norm[head_idx](self.aux_pos_trans_fc[head_idx](pos))
@@ -338,18 +359,15 @@ class CoDeformDETRHead(DeformableDETRHead):
         hidden_states, inter_references = self.decoder(
             query=query,
             query_pos=query_pos,
-            value=encoder_inputs['feat'],
-            key_padding_mask=decoder_inputs['memory_mask'],
             reference_points=aux.coords,
-            spatial_shapes=decoder_inputs['spatial_shapes'],
-            level_start_index=decoder_inputs['level_start_index'],
-            valid_ratios=decoder_inputs['valid_ratios'],
+            **value_inputs,
             reg_branches=self.reg_branches if self.with_box_refine else None,
             self_attn_mask=self_attn_mask)
         return self(hidden_states, [aux.coords, *inter_references])
 
     def loss_aux(self, enc_maps: Sequence[Tensor], aux: AuxQueryTargets, head_idx: int,
-                 batch_data_samples: SampleList) -> Dict[str, Tensor]:
+                 batch_data_samples: SampleList,
+                 value_inputs: Optional[Dict[str, Tensor]] = None) -> Dict[str, Tensor]:
         """Losses of the auxiliary queries of one head (fixed targets).
 
         Returns:
@@ -357,7 +375,8 @@ class CoDeformDETRHead(DeformableDETRHead):
             ``d{l}.loss_{cls,bbox,iou}_aux`` for the others; the detector appends
             the head index.
         """
-        all_cls, all_coords = self.forward_aux(enc_maps, aux, head_idx, batch_data_samples)
+        all_cls, all_coords = self.forward_aux(enc_maps, aux, head_idx, batch_data_samples,
+                                               value_inputs)
         batch_img_metas = [s.metainfo for s in batch_data_samples]
         losses = {}
         num_layers = all_cls.size(0)

@@ -199,11 +199,12 @@ class CoDETR(BaseDetector):
         if self.with_pos_coord:
             img_shapes = [s.img_shape for s in batch_data_samples]
             head = self.query_head
+            value_inputs = head.aux_value_inputs(enc_maps, batch_data_samples)  # shared by k
             for k, positives in enumerate(all_positives):
                 aux = build_aux_query_targets(
                     positives, img_shapes, head.num_classes, max_pos_coords=head.max_pos_coords,
                     use_zero_padding=head.use_zero_padding)
-                aux_losses = head.loss_aux(enc_maps, aux, k, batch_data_samples)
+                aux_losses = head.loss_aux(enc_maps, aux, k, batch_data_samples, value_inputs)
                 losses.update(_suffix(aux_losses, k))
         return losses
 
