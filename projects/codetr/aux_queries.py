@@ -138,7 +138,7 @@ def build_aux_query_targets(positives: AuxPositives,
     # random negatives (zeroed afterwards in zero-padding mode).
     rand = torch.rand(bs, num_cand, generator=generator).to(device)
     keys = rand + (~is_pos).to(rand.dtype)
-    order = keys.argsort(dim=1)[:, :num_queries]  # (B, N)
+    order = keys.topk(num_queries, dim=1, largest=False).indices  # (B, N), smallest first
     # Restore the original candidate order inside each group, so the result
     # does not depend on the random permutation when nothing is subsampled.
     picked_pos = is_pos.gather(1, order)
