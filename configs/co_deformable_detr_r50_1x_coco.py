@@ -250,6 +250,10 @@ train_pipeline = [
         ]),
     dict(type='PackDetInputs')
 ]
+# COCO box AP; unlike mmdet's CocoMetric, also for annotation files without `info`.
+val_evaluator = dict(type='CheckedCocoMetric')
+test_evaluator = val_evaluator
+# The test pipeline is mmdet's (LoadImageFromFile), which DetInferencer relies on.
 # 8 GPUs x 2 images; images without boxes are kept, as in the official config.
 train_dataloader = dict(
     batch_size=2,

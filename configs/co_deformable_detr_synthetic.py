@@ -36,8 +36,10 @@ train_pipeline = [
     dict(type='Resize', scale=img_scale, keep_ratio=True),
     dict(type='PackDetInputs')
 ]
+# mmdet's loader at test time: DetInferencer (demo/image_demo.py) finds the loading step of
+# the test pipeline by the name LoadImageFromFile.
 test_pipeline = [
-    dict(type='CheckedLoadImageFromFile'),
+    dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=img_scale, keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs',
@@ -67,7 +69,8 @@ val_dataloader = dict(
         data_prefix=dict(img='val/'),
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
+val_evaluator = dict(
+    type='CheckedCocoMetric', ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
 # Small-scale schedule (deviation from the paper's 12 COCO epochs at 16 images):

@@ -65,5 +65,5 @@ class FaultInjectionHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         if checkpoint['meta'].get('iter') == self.kill_saving_iter:
-            from projects.codetr import checkpoint_hook
+            from projects.codetr.engine.hooks import checkpoint_hook
             checkpoint_hook._write_payload = _kill_halfway

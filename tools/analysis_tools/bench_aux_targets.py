@@ -22,7 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from projects.codetr.aux_queries import AuxPositives, build_aux_query_targets  # noqa: E402
+from projects.codetr.models.layers.aux_queries import (  # noqa: E402
+    AuxPositives,
+    build_aux_query_targets,
+)
 from tools.analysis_tools.benchmark import build, make_batch  # noqa: E402
 
 
@@ -92,7 +95,7 @@ def main(argv=None) -> None:
                                     num_gts=args.num_gts)
     inputs, samples = make_batch(model, bench_args)
     captured = []
-    import projects.codetr.co_detr as co_detr_module
+    import projects.codetr.models.detectors.co_detr as co_detr_module
     original = co_detr_module.build_aux_query_targets
 
     def spy(*a, **kw):

@@ -2,7 +2,7 @@
 
 Times ``mmcv.ops.multi_scale_deform_attn.multi_scale_deformable_attn_pytorch``
 (the CPU path of ``MultiScaleDeformableAttention``) and
-``projects.codetr.ms_deform_attn_cpu.multi_scale_deformable_attn_cpu`` in the
+``projects.codetr.ops.ms_deform_attn_cpu.multi_scale_deformable_attn_cpu`` in the
 same process on the same inputs, interleaved repeat by repeat so that both see
 the same machine load. Default shapes: R50 Deformable-DETR encoder
 self-attention for a 512x512 input (strides 8..64), batch 2, 8 heads of 32
@@ -38,8 +38,8 @@ Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def load_fast_module() -> ModuleType:
-    """Loads projects/codetr/ms_deform_attn_cpu.py by path (the package import is not needed)."""
-    path = ROOT / "projects" / "codetr" / "ms_deform_attn_cpu.py"
+    """Loads projects/codetr/ops/ms_deform_attn_cpu.py by path (no package import needed)."""
+    path = ROOT / "projects" / "codetr" / "ops" / "ms_deform_attn_cpu.py"
     spec = importlib.util.spec_from_file_location("_bench_ms_deform_attn_cpu", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

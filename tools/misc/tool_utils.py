@@ -46,12 +46,12 @@ def setup_modules() -> None:
 
 
 def _load_checkpoint_compat() -> Any:
-    """Import ``projects.codetr.checkpoint_compat``, by file path if the package is broken."""
+    """Import ``projects.codetr.utils.checkpoint_compat`` (by path if the package is broken)."""
     try:
-        from projects.codetr import checkpoint_compat
+        from projects.codetr.utils import checkpoint_compat
         return checkpoint_compat
     except ImportError:
-        path = REPO_ROOT / 'projects' / 'codetr' / 'checkpoint_compat.py'
+        path = REPO_ROOT / 'projects' / 'codetr' / 'utils' / 'checkpoint_compat.py'
         spec = importlib.util.spec_from_file_location('_codetr_checkpoint_compat', path)
         if spec is None or spec.loader is None:
             raise
@@ -78,7 +78,30 @@ def load_config(path: str, cfg_options: dict | None = None) -> Config:
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    drop_persistent_workers_without_workers(cfg)
     return cfg
+
+
+def drop_persistent_workers_without_workers(cfg: Config) -> list[str]:
+    """Set ``persistent_workers=False`` in dataloaders that have ``num_workers=0``.
+
+    PyTorch refuses ``persistent_workers=True`` without worker processes, so the usual way to
+    debug a data problem in the main process (``--cfg-options
+    train_dataloader.num_workers=0``) would otherwise fail on configs that keep workers alive.
+
+    Returns:
+        list[str]: The dataloader keys that were changed.
+    """
+    changed = []
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(key)
+        if loader and loader.get('num_workers', 0) == 0 and loader.get('persistent_workers'):
+            loader['persistent_workers'] = False
+            changed.append(key)
+    if changed:
+        print_log(f'{", ".join(changed)}: num_workers=0, so persistent_workers is set to False',
+                  logger='current')
+    return changed
 
 
 def _leaf_datasets(dataset_cfg: Any) -> Iterator[dict]:

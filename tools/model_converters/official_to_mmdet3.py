@@ -8,9 +8,9 @@ Examples::
     # query head only, loadable by configs/deformable_detr_pp_r50_1x_coco.py
     python tools/model_converters/official_to_mmdet3.py SRC.pth DST.pth --inference-only
 
-The key table and the checks live in :mod:`projects.codetr.converters`. Every official key is
-renamed or dropped with a reason; an unknown key, a shape/dtype mismatch against the model
-built from ``--config`` or a missing key stops the conversion with the full list of offenders
+The key table and the checks live in :mod:`projects.codetr.converters.co_deformable_detr`.
+Every official key is renamed or dropped with a reason; an unknown key, a shape/dtype
+mismatch against the model built from ``--config`` or a missing key stops the conversion with the full list of offenders
 (exit status 1). DST is ``{'state_dict': ..., 'meta': {...provenance...}}`` and loads with
 mmengine's ``load_checkpoint`` / the config's ``load_from``.
 """
@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # so that `projects` imports
 
-from projects.codetr.converters import (  # noqa: E402
+from projects.codetr.converters.co_deformable_detr import (  # noqa: E402
     ConversionError,
     TensorSpec,
     UntrustedCheckpointError,

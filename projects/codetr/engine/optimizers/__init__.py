@@ -1,0 +1,3 @@
+from .optim_wrapper import FiniteCheckOptimWrapper
+
+__all__ = ['FiniteCheckOptimWrapper']

@@ -1,0 +1,3 @@
+from .coco_metric import CheckedCocoMetric, add_missing_coco_info
+
+__all__ = ['CheckedCocoMetric', 'add_missing_coco_info']

@@ -1,0 +1,3 @@
+from .co_detr import CoDETR
+
+__all__ = ['CoDETR']

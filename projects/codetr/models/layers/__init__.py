@@ -1,0 +1,13 @@
+from .aux_queries import AuxPositives, AuxQueryTargets, build_aux_query_targets
+from .co_transformer import (
+                             CoDeformableDetrTransformerDecoder,
+                             CoDeformableDetrTransformerDecoderLayer,
+                             CoDeformableDetrTransformerEncoder,
+                             CoDeformableDetrTransformerEncoderLayer,
+)
+
+__all__ = [
+    'AuxPositives', 'AuxQueryTargets', 'build_aux_query_targets',
+    'CoDeformableDetrTransformerDecoder', 'CoDeformableDetrTransformerDecoderLayer',
+    'CoDeformableDetrTransformerEncoder', 'CoDeformableDetrTransformerEncoderLayer'
+]

@@ -1,0 +1,3 @@
+from .co_roi_head import CoStandardRoIHead
+
+__all__ = ['CoStandardRoIHead']

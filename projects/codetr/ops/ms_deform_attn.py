@@ -1,0 +1,137 @@
+"""Multi-scale deformable attention that picks its kernel per call.
+
+mmcv's :class:`~mmcv.ops.MultiScaleDeformableAttention` runs its CUDA kernel on
+GPUs and otherwise the ``grid_sample`` reference
+(``multi_scale_deformable_attn_pytorch``, slow on CPU, especially backward).
+:class:`CoMultiScaleDeformableAttention` has the same parameters, state-dict
+keys, initialisation and arithmetic, and sends float CPU inputs to
+:func:`~.ms_deform_attn_cpu.multi_scale_deformable_attn_cpu` instead. Only the
+modules built by this package use it: mmcv's class and functions are left as
+they are, so other models in the same process keep their kernels.
+
+``CODETR_DISABLE_FAST_MSDA=1`` in the environment (read at every call) selects
+mmcv's reference function on CPU, e.g. to compare against the official
+implementation bit for bit.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from mmcv.ops import MultiScaleDeformableAttention
+from mmcv.ops.multi_scale_deform_attn import (
+    MultiScaleDeformableAttnFunction,
+    multi_scale_deformable_attn_pytorch,
+)
+from mmdet.registry import MODELS
+from torch import Tensor
+
+from .ms_deform_attn_cpu import fast_cpu_msda_enabled, multi_scale_deformable_attn_cpu
+
+_FAST_DTYPES = (torch.float32, torch.float64)
+
+
+def ms_deform_attn_core(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                        sampling_locations: Tensor, attention_weights: Tensor,
+                        im2col_step: int = 64) -> Tensor:
+    """Sample and sum: mmcv's CUDA/MLU kernel, the fast CPU kernel or mmcv's reference.
+
+    Args:
+        value (Tensor): (bs, num_value, num_heads, head_dims).
+        spatial_shapes (Tensor): (num_levels, 2) as (h, w).
+        level_start_index (Tensor): (num_levels, ).
+        sampling_locations (Tensor): (bs, nq, num_heads, num_levels, num_points, 2) in [0, 1].
+        attention_weights (Tensor): (bs, nq, num_heads, num_levels, num_points).
+        im2col_step (int): Batch chunk of the CUDA kernel.
+
+    Returns:
+        Tensor: (bs, nq, num_heads * head_dims).
+    """
+    if value.is_cuda or getattr(value, 'is_mlu', False):
+        return MultiScaleDeformableAttnFunction.apply(value, spatial_shapes, level_start_index,
+                                                      sampling_locations, attention_weights,
+                                                      im2col_step)
+    if (value.device.type == 'cpu' and value.dtype in _FAST_DTYPES
+            and sampling_locations.dtype == value.dtype
+            and attention_weights.dtype == value.dtype and fast_cpu_msda_enabled()):
+        return multi_scale_deformable_attn_cpu(value, spatial_shapes, sampling_locations,
+                                               attention_weights)
+    return multi_scale_deformable_attn_pytorch(value, spatial_shapes, sampling_locations,
+                                               attention_weights)
+
+
+@MODELS.register_module()
+class CoMultiScaleDeformableAttention(MultiScaleDeformableAttention):
+    """:class:`~mmcv.ops.MultiScaleDeformableAttention` with the kernel choice of
+    :func:`ms_deform_attn_core` (fast CPU kernel on CPU). Same arguments and keys.
+    """
+
+    def forward(self,
+                query: Tensor,
+                key: Optional[Tensor] = None,
+                value: Optional[Tensor] = None,
+                identity: Optional[Tensor] = None,
+                query_pos: Optional[Tensor] = None,
+                key_padding_mask: Optional[Tensor] = None,
+                reference_points: Optional[Tensor] = None,
+                spatial_shapes: Optional[Tensor] = None,
+                level_start_index: Optional[Tensor] = None,
+                **kwargs) -> Tensor:
+        """Deformable attention of ``query`` over the flattened multi-level ``value``.
+
+        Args:
+            query (Tensor): (bs, nq, c) with ``batch_first``, else (nq, bs, c).
+            key (Tensor, optional): Unused (the keys are the sampled values).
+            value (Tensor, optional): (bs, num_value, c); ``query`` when None.
+            identity (Tensor, optional): Residual; ``query`` when None.
+            query_pos (Tensor, optional): Added to ``query`` before projecting.
+            key_padding_mask (Tensor, optional): (bs, num_value), True = padding.
+            reference_points (Tensor): (bs, nq, num_levels, 2) points or
+                (bs, nq, num_levels, 4) cxcywh boxes, normalised.
+            spatial_shapes (Tensor): (num_levels, 2) as (h, w).
+            level_start_index (Tensor): (num_levels, ).
+
+        Returns:
+            Tensor: Same layout as ``query``.
+        """
+        if value is None:
+            value = query
+        if identity is None:
+            identity = query
+        if query_pos is not None:
+            query = query + query_pos
+        if not self.batch_first:
+            query, value = query.transpose(0, 1), value.transpose(0, 1)
+        bs, num_query, _ = query.shape
+        num_value = value.size(1)
+        if int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum()) != num_value:
+            raise ValueError(f'{type(self).__name__}: spatial_shapes {spatial_shapes.tolist()} '
+                             f'cover a different number of values than value has ({num_value})')
+        heads, levels, points = self.num_heads, self.num_levels, self.num_points
+
+        value = self.value_proj(value)
+        if key_padding_mask is not None:
+            value = value.masked_fill(key_padding_mask[..., None], 0.0)
+        value = value.view(bs, num_value, heads, -1)
+        offsets = self.sampling_offsets(query).view(bs, num_query, heads, levels, points, 2)
+        weights = self.attention_weights(query).view(bs, num_query, heads, levels * points)
+        weights = weights.softmax(-1).view(bs, num_query, heads, levels, points)
+
+        ref = reference_points[:, :, None, :, None]  # (bs, nq, 1, levels, 1, 2 or 4)
+        if ref.size(-1) == 2:
+            # offsets are in pixels of each level: normalise by (w, h)
+            wh = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
+            locations = ref + offsets / wh[None, None, None, :, None, :]
+        elif ref.size(-1) == 4:
+            # offsets are in units of half the box, split over the points
+            locations = ref[..., :2] + offsets / points * ref[..., 2:] * 0.5
+        else:
+            raise ValueError(f'{type(self).__name__}: reference_points must end in 2 or 4 '
+                             f'values, got shape {tuple(reference_points.shape)}')
+
+        output = ms_deform_attn_core(value, spatial_shapes, level_start_index, locations,
+                                     weights, self.im2col_step)
+        output = self.output_proj(output)
+        if not self.batch_first:
+            output = output.transpose(0, 1)
+        return self.dropout(output) + identity

@@ -1,0 +1,200 @@
+"""Every shipped config and every documented switch trains and evaluates through the tools.
+
+Each file under ``configs/`` (enumerated, so a new config is covered or fails here) and each
+switch of the README's "Switching auxiliary heads" table goes through ``tools/train.py`` for
+two iterations (with a validation) and ``tools/test.py`` to COCO box metrics, on data
+generated here. The R50 COCO configs keep their model and pipelines; only the image scales
+shrink (``--cfg-options`` into the pipeline lists), the backbone starts without the
+ImageNet download, and the data is a COCO-layout folder with the 80 COCO category names and
+no ``info`` key (as many exported datasets). ``eval_module`` (evaluating an aux head) is
+covered by ``test_tools.py::test_codetr_aux_heads_evaluate_through_test_tool``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from mmengine.config import Config
+
+from tools.misc.generate_synthetic_coco import generate_split
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_tools import COCO_KEYS, REPO_ROOT, _run  # noqa: E402
+
+CONFIGS = sorted((REPO_ROOT / 'configs').glob('*.py'))
+SYNTHETIC = REPO_ROOT / 'configs' / 'co_deformable_detr_synthetic.py'
+TRAIN_IMAGES = 4  # two iterations at batch 2
+VAL_IMAGES = 3
+SMALL_TRAIN_SCALE = (160, 96)
+SMALL_TEST_SCALE = (160, 96)
+
+# The README's switches, as a user writes them: a config that inherits from the synthetic one.
+SWITCHES = {
+    'atss_only': '''
+model = dict(rpn_head=None, roi_head=None, query_head=dict(num_co_heads=1),
+             train_cfg=[_base_.model.train_cfg[0], _base_.model.train_cfg[2]],
+             test_cfg=[_base_.model.test_cfg[0], _base_.model.test_cfg[2]])
+''',
+    'roi_only': '''
+model = dict(bbox_head=None, query_head=dict(num_co_heads=1),
+             train_cfg=_base_.model.train_cfg[:2], test_cfg=_base_.model.test_cfg[:2])
+''',
+    'no_pos_coord': '''
+model = dict(with_pos_coord=False)
+model_wrapper_cfg = dict(type='MMDistributedDataParallel', find_unused_parameters=True)
+''',
+    'zero_padding': '''
+model = dict(query_head=dict(use_zero_padding=True))
+''',
+}
+# loss-key families each variant must (+) or must not (-) log
+EXPECTED_LOSSES = {
+    'co_deformable_detr': ({'loss_rpn_cls', 'loss_cls0', 'loss_centerness1', 'loss_cls_aux0',
+                            'loss_cls_aux1'}, set()),
+    'deformable_detr_pp': ({'enc_loss_cls', 'd0.loss_cls'},
+                           {'loss_rpn_cls', 'loss_cls0', 'loss_cls_aux0'}),
+    'no_pos_coord': ({'loss_rpn_cls', 'loss_cls0', 'loss_centerness1'}, {'loss_cls_aux0'}),
+    'atss_only': ({'loss_centerness0', 'loss_cls_aux0'}, {'loss_rpn_cls', 'loss_cls_aux1'}),
+    'roi_only': ({'loss_rpn_cls', 'loss_cls0', 'acc0', 'loss_cls_aux0'},
+                 {'loss_centerness0', 'loss_cls_aux1'}),
+    'zero_padding': ({'loss_cls_aux0', 'loss_cls_aux1'}, set()),
+}
+
+
+def _coco_layout(root: Path, src: Path) -> Path:
+    """``root`` as a COCO folder (train2017/, val2017/, annotations/instances_*2017.json)
+    with the synthetic images, the 80 COCO categories (shapes -> the first 6) and without
+    the optional ``info``/``licenses`` keys."""
+    from mmdet.datasets import CocoDataset
+    names = CocoDataset.METAINFO['classes']
+    (root / 'annotations').mkdir(parents=True, exist_ok=True)
+    for split in ('train', 'val'):
+        (root / f'{split}2017').symlink_to(src / split, target_is_directory=True)
+        data = json.loads((src / 'annotations' / f'instances_{split}.json').read_text())
+        for key in ('info', 'licenses'):
+            data.pop(key, None)
+        data['categories'] = [dict(id=i + 1, name=name) for i, name in enumerate(names)]
+        (root / 'annotations' / f'instances_{split}2017.json').write_text(json.dumps(data))
+    return root
+
+
+@pytest.fixture(scope='module')
+def synthetic_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp('matrix_data')
+    generate_split(root, 'train', TRAIN_IMAGES, img_size=64, seed=1)
+    generate_split(root, 'val', VAL_IMAGES, img_size=64, seed=1)
+    return root
+
+
+@pytest.fixture(scope='module')
+def coco_root(synthetic_root, tmp_path_factory) -> Path:
+    return _coco_layout(tmp_path_factory.mktemp('matrix_coco'), synthetic_root)
+
+
+def _scale_options(cfg: Config) -> list[str]:
+    """``--cfg-options`` that shrink every resize scale and crop of the pipelines."""
+    options = []
+
+    def visit(node, path):
+        if isinstance(node, (list, tuple)):
+            for i, item in enumerate(node):
+                visit(item, f'{path}.{i}')
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if key == 'scales':
+                    options.append(f'{path}.scales="[{SMALL_TRAIN_SCALE}]"'.replace(' ', ''))
+                elif key == 'scale' and 'Resize' in str(node.get('type')):
+                    options.append(f'{path}.scale="{SMALL_TEST_SCALE}"'.replace(' ', ''))
+                elif key == 'crop_size':
+                    options.append(f'{path}.crop_size="(64,64)"')
+                else:
+                    visit(value, f'{path}.{key}')
+
+    for split in ('train', 'val', 'test'):
+        visit(cfg[f'{split}_dataloader']['dataset']['pipeline'],
+              f'{split}_dataloader.dataset.pipeline')
+    return options
+
+
+def _options(config: Path, synthetic_root: Path, coco_root: Path) -> list[str]:
+    cfg = Config.fromfile(str(config))
+    # configs with their own `classes` (metainfo) read the synthetic layout; the others are
+    # mmdet's COCO dataset config (80 classes, train2017/ + instances_train2017.json)
+    is_coco = not cfg.train_dataloader.dataset.get('metainfo')
+    root = coco_root if is_coco else synthetic_root
+    ann = cfg.val_dataloader.dataset.ann_file
+    opts = [f'{split}_dataloader.dataset.data_root={root}/' for split in ('train', 'val', 'test')]
+    opts += [f'val_evaluator.ann_file={root}/{ann}', f'test_evaluator.ann_file={root}/{ann}',
+             'train_dataloader.batch_size=2', 'val_dataloader.batch_size=2',
+             'test_dataloader.batch_size=2', 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
+             'default_hooks.checkpoint.interval=1', 'default_hooks.logger.interval=1',
+             'model.backbone.init_cfg=None',  # no ImageNet download here
+             # the usual data-debugging switch; persistent_workers is dropped by the tools
+             'train_dataloader.num_workers=0', 'val_dataloader.num_workers=0',
+             'test_dataloader.num_workers=0']
+    if is_coco:
+        opts += _scale_options(cfg)
+    return ['--cfg-options', *opts]
+
+
+def _logged_losses(work_dir: Path) -> dict[str, float]:
+    """Loss values of the last training log line, from mmengine's scalars file."""
+    scalars = next(work_dir.glob('*/vis_data/scalars.json'))
+    train = [json.loads(line) for line in scalars.read_text().splitlines()
+             if '"loss"' in line]
+    assert train, f'no training record in {scalars}'
+    return {k: v for k, v in train[-1].items() if 'loss' in k or k.startswith('acc')}
+
+
+def _train_and_test(config: Path, synthetic_root: Path, coco_root: Path,
+                    work_dir: Path) -> tuple[dict, dict]:
+    options = _options(config, synthetic_root, coco_root)
+    _run([sys.executable, 'tools/train.py', config, '--work-dir', work_dir, *options],
+         timeout=420)
+    log = next(work_dir.glob('*/*.log')).read_text()
+    assert 'resumed from a checkpoint' not in log  # a fresh run is not a resume
+    assert re.search(r'coco/bbox_mAP: [-\d.]+', log), 'no validation metrics in the log'
+    ckpt = work_dir / 'epoch_1.pth'
+    assert ckpt.is_file()
+    metrics_out = work_dir / 'test_metrics.json'
+    _run([sys.executable, 'tools/test.py', config, ckpt, '--work-dir', work_dir / 'test',
+          '--metrics-out', metrics_out, *options], timeout=300)
+    metrics = json.loads(metrics_out.read_text())
+    assert set(COCO_KEYS) <= set(metrics)
+    assert all(-1 <= metrics[k] <= 1 for k in COCO_KEYS)
+    return _logged_losses(work_dir), metrics
+
+
+def _check_losses(losses: dict[str, float], variant: str) -> None:
+    present, absent = EXPECTED_LOSSES[variant]
+    assert present <= set(losses), f'{variant}: missing {present - set(losses)}'
+    assert not absent & set(losses), f'{variant}: unexpected {absent & set(losses)}'
+    assert all(math.isfinite(v) for v in losses.values()), losses
+
+
+def test_every_config_is_in_the_matrix():
+    names = {c.stem for c in CONFIGS}
+    assert SYNTHETIC.stem in names and len(names) >= 5
+    for name in names:  # each config is a Co-DETR or an aux-free baseline
+        assert name.startswith(('co_deformable_detr', 'deformable_detr_pp')), name
+
+
+@pytest.mark.parametrize('config', CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_config_trains_and_evaluates(config, synthetic_root, coco_root, tmp_path):
+    losses, _ = _train_and_test(config, synthetic_root, coco_root, tmp_path / 'run')
+    variant = 'no_pos_coord' if 'no_pos_coord' in config.stem else config.stem.split('_r50')[
+        0].split('_synthetic')[0]
+    _check_losses(losses, variant)
+
+
+@pytest.mark.parametrize('switch', list(SWITCHES))
+def test_switch_trains_and_evaluates(switch, synthetic_root, coco_root, tmp_path):
+    config = tmp_path / f'co_deformable_detr_synthetic_{switch}.py'
+    config.write_text(f"_base_ = '{SYNTHETIC}'\n{SWITCHES[switch]}")
+    losses, _ = _train_and_test(config, synthetic_root, coco_root, tmp_path / 'run')
+    _check_losses(losses, switch)
+
