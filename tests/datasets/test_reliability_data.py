@@ -3,7 +3,8 @@ stops at once with a message naming the file / annotation and the problem.
 
 Covers projects/codetr/datasets/coco.py (CheckedCocoDataset),
 projects/codetr/datasets/transforms/loading.py (CheckedLoadImageFromFile) and odd inputs
-through the Co-DETR model (tiny images, extreme aspect ratios, more objects than max_pos_coords, batches without any box).
+through the Co-DETR model (tiny images, extreme aspect ratios, more objects than
+max_pos_coords, batches without any box).
 """
 
 from __future__ import annotations
