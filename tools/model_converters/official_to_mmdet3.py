@@ -11,8 +11,9 @@ Examples::
 The key table and the checks live in :mod:`projects.codetr.converters.co_deformable_detr`.
 Every official key is renamed or dropped with a reason; an unknown key, a shape/dtype
 mismatch against the model built from ``--config`` or a missing key stops the conversion with
-the full list of offenders (exit status 1). DST is ``{'state_dict': ..., 'meta': {...provenance...}}`` and loads with
-mmengine's ``load_checkpoint`` / the config's ``load_from``.
+the full list of offenders (exit status 1). DST is
+``{'state_dict': ..., 'meta': {...provenance...}}`` and loads with mmengine's
+``load_checkpoint`` / the config's ``load_from``.
 """
 import argparse
 import sys
