@@ -23,25 +23,18 @@ SCRIPT = textwrap.dedent('''
 
     PREFIXES = ('mmcv', 'mmdet', 'mmengine')
 
-    def attributes():
-        snap = {}
+    def module_globals():
         for name, mod in list(sys.modules.items()):
-            if mod is None or not name.split('.')[0] in PREFIXES:
-                continue
-            for attr, value in list(vars(mod).items()):
-                snap[f'{name}.{attr}'] = id(value)
-        return snap
+            if mod is not None and name.split('.')[0] in PREFIXES:
+                for attr, value in list(vars(mod).items()):
+                    yield f'{name}.{attr}', value
+
+    def attributes():
+        return {key: id(value) for key, value in module_globals()}
 
     def registries():
-        out = {}
-        for name, mod in list(sys.modules.items()):
-            if mod is None or not name.split('.')[0] in PREFIXES:
-                continue
-            for attr, value in list(vars(mod).items()):
-                if isinstance(value, Registry):
-                    key = f'{value.scope}:{value.name}'
-                    out[key] = {k: id(v) for k, v in value.module_dict.items()}
-        return out
+        return {f'{value.scope}:{value.name}': {k: id(v) for k, v in value.module_dict.items()}
+                for _, value in module_globals() if isinstance(value, Registry)}
 
     def msda_output():
         torch.manual_seed(0)
