@@ -4,6 +4,7 @@ Writes one visualised PNG per image (boxes, class names, scores) and ``detection
 
     python tools/infer.py demo.png CONFIG CKPT --out-dir outputs/ --score-thr 0.3
     python tools/infer.py data/synthetic/val CONFIG CKPT --out-dir outputs/ --device cuda:0
+    python tools/infer.py demo.png CONFIG MODEL.onnx --out-dir outputs/ --backend onnxruntime
 
 ``detections.json`` holds ``{"config", "checkpoint", "score_thr", "classes", "images": [...]}``
 with, per image: ``file``, ``width``, ``height``, ``bboxes`` (``[x1, y1, x2, y2]`` in input-image
@@ -33,7 +34,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Detect objects in images')
     parser.add_argument('input', help='image file or folder of images')
     parser.add_argument('config', help='config file')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file (an .onnx file with --backend)')
+    parser.add_argument('--backend', choices=['pytorch', 'onnxruntime', 'openvino'],
+                        default='pytorch', help='runtime of an exported model '
+                        '(tools/deployment/export_onnx.py)')
     parser.add_argument('--out-dir', required=True, help='folder for PNGs and detections.json')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='keep detections with at least this score')
@@ -60,6 +64,22 @@ def list_images(path: str | Path) -> list[Path]:
         raise FileNotFoundError(f'input folder {str(path)!r} contains no images with '
                                 f'extensions {IMAGE_EXTENSIONS}')
     return images
+
+
+def _backend_model(cfg, onnx_file: str, backend: str):
+    """An exported model that mmdet's ``inference_detector`` can drive like a detector."""
+    from mmdet.datasets import CocoDataset
+    from mmengine.registry import init_default_scope
+
+    from projects.codetr.deploy import ONNXBackendDetector
+    init_default_scope(cfg.get('default_scope', 'mmdet'))  # as init_detector does
+    if not str(onnx_file).endswith('.onnx'):
+        raise ValueError(f'--backend {backend} runs an exported .onnx model, got {onnx_file!r}')
+    model = ONNXBackendDetector(onnx_file, backend=backend)
+    model.cfg = cfg
+    metainfo = cfg.test_dataloader.dataset.get('metainfo') or CocoDataset.METAINFO
+    model.dataset_meta = dict(classes=tuple(metainfo['classes']))
+    return model.eval()
 
 
 def _to_json(output: dict) -> str:
@@ -94,7 +114,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     images = list_images(args.input)
     device = args.device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
 
-    model = init_detector(cfg, args.checkpoint, device=device)
+    if args.backend == 'pytorch':
+        model = init_detector(cfg, args.checkpoint, device=device)
+    else:
+        model = _backend_model(cfg, args.checkpoint, args.backend)
     classes = list(model.dataset_meta.get('classes', ()))
     # Images are written with out_file; no vis backend (they would need a save_dir).
     visualizer = VISUALIZERS.build(dict(cfg.visualizer, vis_backends=None))

@@ -55,9 +55,13 @@ fi
 log "mmdet"
 "${PIP[@]}" "$(pin mmdet)" || die "mmdet install failed"
 
+log "deployment runtimes (onnx, onnxruntime, openvino)"
+"${PIP[@]}" "$(pin onnx)" "$(pin onnxruntime)" "$(pin openvino)" \
+  || die "onnx/onnxruntime/openvino install failed"
+
 log "checking the stack"
 "$PY" - <<'PY' || die "import check failed"
-import torch, mmengine, mmcv, mmdet, mmcv._ext, pycocotools  # noqa: F401
+import torch, mmengine, mmcv, mmdet, mmcv._ext, pycocotools, onnx, onnxruntime, openvino  # noqa: F401
 print(f"[install] torch {torch.__version__}, mmengine {mmengine.__version__}, "
       f"mmcv {mmcv.__version__} (ops), mmdet {mmdet.__version__}")
 PY

@@ -4,6 +4,7 @@ Examples::
 
     python tools/test.py CONFIG work_dirs/run1/epoch_12.pth
     python tools/test.py CONFIG CKPT --out results.pkl --show-dir vis/
+    python tools/test.py CONFIG MODEL.onnx --backend onnxruntime     # or openvino
     bash tools/dist_test.sh CONFIG CKPT 8
 
 Besides mmengine's logs, the metrics are written to ``--metrics-out`` (default
@@ -34,7 +35,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description='Test (and evaluate) a detector')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file (an .onnx file with --backend)')
+    parser.add_argument('--backend', choices=['pytorch', 'onnxruntime', 'openvino'],
+                        default='pytorch',
+                        help='run an exported model (tools/deployment/export_onnx.py) with '
+                        'this runtime instead of the PyTorch checkpoint')
     parser.add_argument('--work-dir', help='the dir to save logs and metrics')
     parser.add_argument('--out', help='dump raw predictions to this .pkl file')
     parser.add_argument('--metrics-out',
@@ -104,6 +109,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
     cfg.resume = False
+    if args.backend != 'pytorch':
+        if not args.checkpoint.endswith('.onnx'):
+            raise ValueError(f'--backend {args.backend} runs an exported .onnx model, got '
+                             f'{args.checkpoint!r} (export with tools/deployment/export_onnx.py)')
+        # same dataset, pipeline, evaluator and dumps; the exported graph replaces the model
+        cfg.model = dict(type='ONNXBackendDetector', onnx_file=args.checkpoint,
+                         backend=args.backend)
+        cfg.load_from = None
+        cfg.pop('model_wrapper_cfg', None)
 
     if args.show_dir:
         hooks = cfg.get('default_hooks') or {}

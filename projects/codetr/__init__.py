@@ -16,6 +16,7 @@ this package's own attention module (:class:`~.ops.CoMultiScaleDeformableAttenti
 """
 from .converters import KEY_RULES, ConversionError, convert_state_dict, invert_state_dict
 from .datasets import CheckedCocoDataset, CheckedLoadImageFromFile
+from .deploy import CoDETRDeployModel, ONNXBackendDetector
 from .engine import AtomicCheckpointHook, FiniteCheckOptimWrapper, RandomStateHook
 from .evaluation import CheckedCocoMetric
 from .models import (
@@ -44,7 +45,7 @@ __all__ = [
     'invert_state_dict', 'register_checkpoint_safe_globals', 'multi_scale_deformable_attn_cpu',
     'use_fast_cpu_ms_deform_attn', 'AtomicCheckpointHook', 'CheckedCocoDataset',
     'CheckedCocoMetric', 'CheckedLoadImageFromFile', 'FiniteCheckOptimWrapper',
-    'RandomStateHook'
+    'RandomStateHook', 'CoDETRDeployModel', 'ONNXBackendDetector'
 ]
 
 register_torchvision_fallback()

@@ -34,7 +34,8 @@ _FAST_DTYPES = (torch.float32, torch.float64)
 def ms_deform_attn_core(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                         sampling_locations: Tensor, attention_weights: Tensor,
                         im2col_step: int = 64) -> Tensor:
-    """Sample and sum: mmcv's CUDA/MLU kernel, the fast CPU kernel or mmcv's reference.
+    """Sample and sum: mmcv's CUDA/MLU kernel, the fast CPU kernel or mmcv's reference
+    (always the reference while exporting to ONNX: it uses standard operators).
 
     Args:
         value (Tensor): (bs, num_value, num_heads, head_dims).
@@ -47,6 +48,9 @@ def ms_deform_attn_core(value: Tensor, spatial_shapes: Tensor, level_start_index
     Returns:
         Tensor: (bs, nq, num_heads * head_dims).
     """
+    if torch.onnx.is_in_onnx_export():  # standard operators only (GridSample)
+        return multi_scale_deformable_attn_pytorch(value, spatial_shapes, sampling_locations,
+                                                   attention_weights)
     if value.is_cuda or getattr(value, 'is_mlu', False):
         return MultiScaleDeformableAttnFunction.apply(value, spatial_shapes, level_start_index,
                                                       sampling_locations, attention_weights,

@@ -1,0 +1,118 @@
+"""Run an exported ONNX model with ONNX Runtime or OpenVINO inside mmengine's test loop.
+
+:class:`ONNXBackendDetector` is an mmengine model whose ``predict`` feeds the test pipeline's
+images (uint8 BGR, already resized as the config says) to the exported graph and maps the boxes
+back to the original images exactly as :class:`CoDETR.predict` with ``rescale=True`` does, so
+``tools/test.py --backend`` reports the same COCO metrics (and ``--out`` dumps) as PyTorch.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+from mmdet.registry import MODELS
+from mmdet.structures import DetDataSample
+from mmengine.logging import print_log
+from mmengine.model import BaseModel
+from mmengine.structures import InstanceData
+from torch import Tensor
+
+BACKENDS = ('onnxruntime', 'openvino')
+
+
+class _Runner:
+    """``images`` (N, 3, H, W) float32 -> [boxes, scores, labels] with one backend."""
+
+    def __init__(self, onnx_file: str, backend: str, threads: Optional[int] = None) -> None:
+        if backend == 'onnxruntime':
+            import onnxruntime as ort
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+            self._session = ort.InferenceSession(onnx_file, options,
+                                                 providers=['CPUExecutionProvider'])
+            shape = self._session.get_inputs()[0].shape
+            self.run = lambda images: self._session.run(None, {'images': images})
+        elif backend == 'openvino':
+            import openvino as ov
+            core = ov.Core()
+            # f32: the CPU plugin may otherwise compute in bf16 where the CPU supports it
+            config = {'INFERENCE_PRECISION_HINT': 'f32'}
+            if threads:
+                config['INFERENCE_NUM_THREADS'] = threads
+            compiled = core.compile_model(core.read_model(onnx_file), 'CPU', config)
+            shape = [d.get_length() if d.is_static else None
+                     for d in compiled.input(0).get_partial_shape()]
+            outputs = [compiled.output(name) for name in ('boxes', 'scores', 'labels')]
+
+            def run(images):
+                result = compiled(images)
+                return [result[o] for o in outputs]
+
+            self.run = run
+        else:
+            raise ValueError(f'backend={backend!r}: expected one of {BACKENDS}')
+        self.height, self.width = int(shape[2]), int(shape[3])
+        self.batch = shape[0] if isinstance(shape[0], int) else None  # None: dynamic
+
+    def __call__(self, images: np.ndarray) -> List[np.ndarray]:
+        """Run ``images``, in chunks of the graph's batch size if that is fixed."""
+        step = self.batch or len(images)
+        parts = [self.run(images[i:i + step]) for i in range(0, len(images), step)]
+        return [np.concatenate(outs) for outs in zip(*parts)]
+
+
+@MODELS.register_module()
+class ONNXBackendDetector(BaseModel):
+    """Detector backed by an exported graph (``tools/deployment/export_onnx.py``).
+
+    Args:
+        onnx_file (str): The exported model.
+        backend (str): ``'onnxruntime'`` or ``'openvino'``.
+        threads (int, optional): CPU threads of the backend (its default when None).
+    """
+
+    def __init__(self, onnx_file: str, backend: str = 'onnxruntime',
+                 threads: Optional[int] = None, init_cfg=None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if not Path(onnx_file).is_file():
+            raise FileNotFoundError(f'ONNX model {onnx_file!r} does not exist')
+        self.backend = _Runner(str(onnx_file), backend, threads)
+        self._padded = 0
+
+    def forward(self, inputs: List[Tensor], data_samples: Optional[List[DetDataSample]] = None,
+                mode: str = 'predict'):
+        """Only ``mode='predict'``: detections in the original image frame."""
+        if mode != 'predict':
+            raise ValueError(f'{type(self).__name__} only predicts (mode={mode!r})')
+        h, w = self.backend.height, self.backend.width
+        batch = np.zeros((len(inputs), 3, h, w), np.float32)
+        for i, img in enumerate(inputs):
+            ih, iw = img.shape[-2:]
+            if ih > h or iw > w:
+                raise ValueError(f'image of {ih}x{iw} after the test pipeline is larger than '
+                                 f'the exported input {h}x{w}; export with --shape {ih} {iw} '
+                                 'or larger')
+            if (ih, iw) != (h, w):
+                self._padded += 1
+                if self._padded == 1:
+                    print_log(f'images smaller than the exported {h}x{w} are zero-padded at '
+                              'the bottom/right; PyTorch masks such padding, so detections '
+                              'can differ: export at the test pipeline\'s image size',
+                              logger='current', level=logging.WARNING)
+            batch[i, :, :ih, :iw] = img.float().numpy()
+        boxes, scores, labels = self.backend(batch)
+        for i, sample in enumerate(data_samples):
+            ih, iw = sample.img_shape
+            bboxes = torch.from_numpy(np.ascontiguousarray(boxes[i]))
+            bboxes[:, 0::2].clamp_(0, iw)
+            bboxes[:, 1::2].clamp_(0, ih)
+            if 'scale_factor' in sample:
+                bboxes /= bboxes.new_tensor(sample.scale_factor).repeat(2)
+            sample.pred_instances = InstanceData(
+                bboxes=bboxes, scores=torch.from_numpy(np.ascontiguousarray(scores[i])),
+                labels=torch.from_numpy(np.ascontiguousarray(labels[i])).long())
+        return data_samples

@@ -1,0 +1,131 @@
+"""Export a Co-DETR checkpoint to ONNX and check the result with ONNX Runtime.
+
+Examples::
+
+    python tools/deployment/export_onnx.py configs/co_deformable_detr_synthetic.py \\
+        work_dirs/demo/epoch_15.pth --out work_dirs/demo/model.onnx --shape 128 128
+    python tools/deployment/export_onnx.py CONFIG CKPT --out model.onnx --shape 800 1333 \\
+        --dynamic
+
+The graph holds the inference path only (backbone, neck, encoder, two-stage selection,
+decoder, top-k), standard operators only. Input ``images``: float32 (N, 3, H, W), 0-255 BGR
+pixels as mmcv reads them; outputs ``boxes`` (N, K, 4) xyxy in input pixels, ``scores``
+(N, K), ``labels`` (N, K) int64. The graph is specialised to H x W (``--shape``); ``--dynamic``
+leaves the batch size N free. Before reporting success the tool runs ONNX Runtime and PyTorch
+on the same random image and requires every PyTorch top-20 detection to have a twin (same
+label, score within 1e-3, box within 0.5 px); it prints op counts, file size and latencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from mmengine.config import DictAction  # noqa: E402
+
+SCORE_TOL, BOX_TOL, TOP = 1e-3, 0.5, 20
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description='Export Co-DETR to ONNX')
+    parser.add_argument('config', help='model config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--out', required=True, help='output .onnx file')
+    parser.add_argument('--shape', type=int, nargs=2, default=(800, 1333), metavar=('H', 'W'),
+                        help='input height and width the graph is specialised to')
+    parser.add_argument('--dynamic', action='store_true', help='dynamic batch size N')
+    parser.add_argument('--opset', type=int, default=17, help='ONNX opset (>= 16)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value pairs')
+    return parser.parse_args(argv)
+
+
+def missing_twins(ref, ours, top: int = TOP) -> list:
+    """Reference top-``top`` detections of one image without a twin in ``ours``.
+
+    Args:
+        ref, ours: ``(boxes (K, 4), scores (K,), labels (K,))`` numpy arrays.
+    """
+    import numpy as np
+    missing = []
+    for i in np.argsort(-ref[1])[:top]:
+        twin = ((ours[2] == ref[2][i]) & (np.abs(ours[1] - ref[1][i]) <= SCORE_TOL)
+                & (np.abs(ours[0] - ref[0][i]).max(-1) <= BOX_TOL))
+        if not twin.any():
+            missing.append((int(ref[2][i]), float(ref[1][i]), ref[0][i].round(2).tolist()))
+    return missing
+
+
+def _median_latency(fn, repeats: int = 5) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Export, verify with ONNX Runtime, report; returns the exit status."""
+    args = parse_args(argv)
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from mmdet.apis import init_detector
+
+    from projects.codetr.deploy import CoDETRDeployModel, check_onnx_graph, export_onnx
+    from tools.misc.tool_utils import load_config, setup_modules
+
+    setup_modules()
+    cfg = load_config(args.config, args.cfg_options)
+    if not os.path.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
+    if cfg.model.get('type') != 'CoDETR':
+        raise ValueError(f'{args.config}: model.type={cfg.model.get("type")!r}; this tool '
+                         'exports CoDETR configs')
+    cfg.model.backbone.init_cfg = None  # the checkpoint has the weights
+    detector = init_detector(cfg, args.checkpoint, device='cpu')
+    deploy = CoDETRDeployModel(detector).eval()
+
+    h, w = args.shape
+    images = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)) * 255
+    out = export_onnx(deploy, images, args.out, opset=args.opset, dynamic_batch=args.dynamic)
+    ops = check_onnx_graph(out)
+
+    session = ort.InferenceSession(str(out), providers=['CPUExecutionProvider'])
+    feeds = {'images': images.numpy()}
+    onnx_out = session.run(None, feeds)
+    with torch.no_grad():
+        torch_out = [t.numpy() for t in deploy(images)]
+    missing = [m for b in range(images.shape[0])
+               for m in missing_twins([t[b] for t in torch_out], [o[b] for o in onnx_out])]
+    print(f'ONNX file: {out} ({out.stat().st_size / 2**20:.1f} MiB), opset {args.opset}, '
+          f'input 1x3x{h}x{w}{" (dynamic N)" if args.dynamic else ""}')
+    print(f'{sum(ops.values())} nodes: ' + ', '.join(f'{k} {v}' for k, v in ops.items()))
+    print(f'max |score diff| {np.abs(onnx_out[1] - torch_out[1]).max():.2e}, max |box diff| '
+          f'{np.abs(onnx_out[0] - torch_out[0]).max():.2e} px (same rank)')
+    with torch.no_grad():
+        torch_s = _median_latency(lambda: deploy(images))
+    ort_s = _median_latency(lambda: session.run(None, feeds))
+    print(f'latency (median of 5, {torch.get_num_threads()} threads): PyTorch {torch_s * 1e3:.1f} '
+          f'ms, ONNX Runtime {ort_s * 1e3:.1f} ms (ratio {ort_s / torch_s:.2f})')
+    if missing:
+        print(f'FAILED: {len(missing)} PyTorch top-{TOP} detections have no ONNX Runtime twin '
+              f'(label, score, box): {missing[:5]}', file=sys.stderr)
+        return 1
+    print(f'OK: every PyTorch top-{TOP} detection has an ONNX Runtime twin')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
