@@ -26,6 +26,8 @@ if str(REPO_ROOT) not in sys.path:
 
 from mmengine.config import DictAction  # noqa: E402
 
+from tools.misc.tool_utils import add_backend_argument  # noqa: E402
+
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
@@ -35,9 +37,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('input', help='image file or folder of images')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file (an .onnx file with --backend)')
-    parser.add_argument('--backend', choices=['pytorch', 'onnxruntime', 'openvino'],
-                        default='pytorch', help='runtime of an exported model '
-                        '(tools/deployment/export_onnx.py)')
+    add_backend_argument(parser)
     parser.add_argument('--out-dir', required=True, help='folder for PNGs and detections.json')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='keep detections with at least this score')
@@ -73,8 +73,6 @@ def _backend_model(cfg, onnx_file: str, backend: str):
 
     from projects.codetr.deploy import ONNXBackendDetector
     init_default_scope(cfg.get('default_scope', 'mmdet'))  # as init_detector does
-    if not str(onnx_file).endswith('.onnx'):
-        raise ValueError(f'--backend {backend} runs an exported .onnx model, got {onnx_file!r}')
     model = ONNXBackendDetector(onnx_file, backend=backend)
     model.cfg = cfg
     metainfo = cfg.test_dataloader.dataset.get('metainfo') or CocoDataset.METAINFO

@@ -27,6 +27,8 @@ if str(REPO_ROOT) not in sys.path:
 
 from mmengine.config import DictAction  # noqa: E402
 
+from tools.misc.tool_utils import add_backend_argument  # noqa: E402
+
 _COCO_ORDER = ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m',
                'bbox_mAP_l')
 
@@ -36,10 +38,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (and evaluate) a detector')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file (an .onnx file with --backend)')
-    parser.add_argument('--backend', choices=['pytorch', 'onnxruntime', 'openvino'],
-                        default='pytorch',
-                        help='run an exported model (tools/deployment/export_onnx.py) with '
-                        'this runtime instead of the PyTorch checkpoint')
+    add_backend_argument(parser)
     parser.add_argument('--work-dir', help='the dir to save logs and metrics')
     parser.add_argument('--out', help='dump raw predictions to this .pkl file')
     parser.add_argument('--metrics-out',
@@ -110,9 +109,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg.load_from = args.checkpoint
     cfg.resume = False
     if args.backend != 'pytorch':
-        if not args.checkpoint.endswith('.onnx'):
-            raise ValueError(f'--backend {args.backend} runs an exported .onnx model, got '
-                             f'{args.checkpoint!r} (export with tools/deployment/export_onnx.py)')
         # same dataset, pipeline, evaluator and dumps; the exported graph replaces the model
         cfg.model = dict(type='ONNXBackendDetector', onnx_file=args.checkpoint,
                          backend=args.backend)

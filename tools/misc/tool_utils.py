@@ -9,6 +9,7 @@ loads configs with clear errors, checks dataset folders before a long build, and
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib.util
 import logging
@@ -102,6 +103,14 @@ def drop_persistent_workers_without_workers(cfg: Config) -> list[str]:
         print_log(f'{", ".join(changed)}: num_workers=0, so persistent_workers is set to False',
                   logger='current')
     return changed
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    """``--backend pytorch|onnxruntime|openvino`` (an exported model for the runtimes)."""
+    parser.add_argument('--backend', choices=['pytorch', 'onnxruntime', 'openvino'],
+                        default='pytorch',
+                        help='run an exported .onnx model (tools/deployment/export_onnx.py) '
+                        'with this runtime instead of the PyTorch checkpoint')
 
 
 def _leaf_datasets(dataset_cfg: Any) -> Iterator[dict]:

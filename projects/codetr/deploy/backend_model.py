@@ -78,6 +78,9 @@ class ONNXBackendDetector(BaseModel):
     def __init__(self, onnx_file: str, backend: str = 'onnxruntime',
                  threads: Optional[int] = None, init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
+        if not str(onnx_file).endswith('.onnx'):
+            raise ValueError(f'backend {backend!r} runs an exported .onnx model, got '
+                             f'{onnx_file!r} (export with tools/deployment/export_onnx.py)')
         if not Path(onnx_file).is_file():
             raise FileNotFoundError(f'ONNX model {onnx_file!r} does not exist')
         self.backend = _Runner(str(onnx_file), backend, threads)
