@@ -10,6 +10,9 @@ Examples::
         --compare configs/deformable_detr_pp_r50_1x_coco.py --mode infer --shape 512 512
     # FLOPs of the inference path (mmengine's counter on CoDETR._forward)
     python tools/analysis_tools/benchmark.py configs/co_deformable_detr_r50_1x_coco.py --flops
+    # the exported model in ONNX Runtime (or OpenVINO) against PyTorch predict, alternately
+    python tools/analysis_tools/benchmark.py configs/co_deformable_detr_r50_1x_coco.py \
+        --backend onnxruntime --shape 800 1333 --threads 2 --repeat 5
 
 With ``--compare`` the two models run alternately in the same process, so the
 reported ratio (median of per-round ratios) is robust to machine noise.
@@ -48,6 +51,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--msda-ab', action='store_true',
                         help='A/B the whole step with mmcv\'s CPU deformable attention '
                              '(CODETR_DISABLE_FAST_MSDA=1) against ours, alternately')
+    parser.add_argument('--backend', choices=['onnxruntime', 'openvino'],
+                        help='export the inference path to ONNX at --shape and time this '
+                             'runtime against PyTorch predict, alternately (--mode infer)')
+    parser.add_argument('--onnx', help='with --backend: an exported file to use instead')
     parser.add_argument('--json', help='write the results here')
     return parser.parse_args(argv)
 
@@ -72,8 +79,10 @@ def build(config: str, checkpoint: Optional[str], device: str) -> torch.nn.Modul
     return model.to(device)
 
 
-def make_batch(model: torch.nn.Module, args: argparse.Namespace, seed: int = 0):
-    """Random images with random GT boxes, run through the data preprocessor."""
+def make_batch(model: torch.nn.Module, args: argparse.Namespace, seed: int = 0,
+               raw: bool = False):
+    """Random images with random GT boxes, run through the data preprocessor (``raw``: the
+    uint8 images as loaded, before it)."""
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
     g = torch.Generator().manual_seed(seed)
@@ -90,6 +99,8 @@ def make_batch(model: torch.nn.Module, args: argparse.Namespace, seed: int = 0):
                                              scale_factor=(1.0, 1.0)))
         sample.gt_instances = gt
         samples.append(sample)
+    if raw:
+        return inputs
     data = model.data_preprocessor(dict(inputs=inputs, data_samples=samples), True)
     return data['inputs'], data['data_samples']
 
@@ -115,6 +126,24 @@ def make_step(model: torch.nn.Module, args: argparse.Namespace) -> Callable[[], 
         loss.backward()
         optimizer.step()
     return step
+
+
+def make_backend_step(model: torch.nn.Module, args: argparse.Namespace) -> Callable[[], None]:
+    """The exported model on ``args.backend`` with the same pixels as :func:`make_step`."""
+    import tempfile
+
+    from projects.codetr.deploy import CoDETRDeployModel, export_onnx
+    from projects.codetr.deploy.backend_model import _Runner
+    images = torch.stack(make_batch(model, args, raw=True)).float()  # BGR pixels
+    onnx_file = args.onnx
+    if onnx_file is None:
+        onnx_file = str(Path(tempfile.mkdtemp()) / 'model.onnx')
+        start = time.perf_counter()
+        export_onnx(CoDETRDeployModel(model.eval()), images, onnx_file)
+        print(f'exported {onnx_file} in {time.perf_counter() - start:.0f} s')
+    runner = _Runner(onnx_file, args.backend, threads=torch.get_num_threads())
+    batch = images.numpy()
+    return lambda: runner(batch)
 
 
 def timed(step: Callable[[], None], device: str) -> float:
@@ -167,7 +196,12 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         print(json.dumps(result, indent=2))
         return result
     steps = {args.config: make_step(model, args)}
-    if args.msda_ab:
+    if args.backend:
+        if args.mode != 'infer' or args.compare or args.msda_ab:
+            raise SystemExit('--backend times inference alone, without --compare/--msda-ab')
+        args.compare = args.backend
+        steps[args.compare] = make_backend_step(model, args)
+    elif args.msda_ab:
         if args.compare:
             raise SystemExit('--msda-ab and --compare are exclusive')
         fast = steps[args.config]
