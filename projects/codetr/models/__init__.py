@@ -1,4 +1,4 @@
-from .dense_heads import CoATSSHead, CoDeformDETRHead
+from .dense_heads import CoATSSHead, CoDeformDETRHead, CoDINOHead
 from .detectors import CoDETR
 from .layers import (
                      AuxPositives,
@@ -7,13 +7,14 @@ from .layers import (
                      CoDeformableDetrTransformerDecoderLayer,
                      CoDeformableDetrTransformerEncoder,
                      CoDeformableDetrTransformerEncoderLayer,
+                     CoDinoTransformerDecoder,
                      build_aux_query_targets,
 )
 from .roi_heads import CoStandardRoIHead
 
 __all__ = [
-    'CoATSSHead', 'CoDeformDETRHead', 'CoDETR', 'AuxPositives', 'AuxQueryTargets',
+    'CoATSSHead', 'CoDeformDETRHead', 'CoDINOHead', 'CoDETR', 'AuxPositives', 'AuxQueryTargets',
     'build_aux_query_targets', 'CoDeformableDetrTransformerDecoder',
     'CoDeformableDetrTransformerDecoderLayer', 'CoDeformableDetrTransformerEncoder',
-    'CoDeformableDetrTransformerEncoderLayer', 'CoStandardRoIHead'
+    'CoDeformableDetrTransformerEncoderLayer', 'CoDinoTransformerDecoder', 'CoStandardRoIHead'
 ]

@@ -7,9 +7,10 @@ from mmdet.models.dense_heads import DeformableDETRHead
 from mmdet.models.detectors import DeformableDETR
 from mmdet.models.layers import SinePositionalEncoding
 from mmdet.models.layers.transformer.utils import inverse_sigmoid
+from mmdet.models.losses import QualityFocalLoss
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
-from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
+from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_overlaps
 from mmdet.utils import ConfigType, InstanceList, reduce_mean
 from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
@@ -103,30 +104,14 @@ class CoDeformDETRHead(DeformableDETRHead):
     def _init_layers(self) -> None:
         """Build prediction branches, transformer and auxiliary projections."""
         super()._init_layers()
-        self.positional_encoding = SinePositionalEncoding(**self.positional_encoding_cfg)
-        self.encoder = CoDeformableDetrTransformerEncoder(**self.encoder_cfg)
-        self.decoder = CoDeformableDetrTransformerDecoder(**self.decoder_cfg)
-        embed_dims = self.encoder.embed_dims
-        if embed_dims != self.embed_dims or self.decoder.embed_dims != embed_dims:
-            raise ValueError(
-                f'CoDeformDETRHead: embed_dims={self.embed_dims} but the encoder has '
-                f'{embed_dims} and the decoder {self.decoder.embed_dims}')
-        if self.positional_encoding.num_feats * 2 != embed_dims:
-            raise ValueError(
-                'CoDeformDETRHead: positional_encoding.num_feats must be embed_dims / 2 '
-                f'({embed_dims // 2}), got {self.positional_encoding.num_feats}')
-        self.level_embed = nn.Parameter(torch.empty(self.num_feature_levels, embed_dims))
-        self.memory_trans_fc = nn.Linear(embed_dims, embed_dims)
-        self.memory_trans_norm = nn.LayerNorm(embed_dims)
+        self._init_transformer(CoDeformableDetrTransformerEncoder,
+                               CoDeformableDetrTransformerDecoder)
+        embed_dims = self.embed_dims
         self.pos_trans_fc = nn.Linear(embed_dims * 2, embed_dims * 2)
         self.pos_trans_norm = nn.LayerNorm(embed_dims * 2)
         if self.mixed_selection:
             # content queries; positional queries come from the proposals
             self.query_embedding = nn.Embedding(self.num_query, embed_dims)
-        # extra stride-2 level for the auxiliary heads: (bs, c, h, w) -> (bs, c, h/2, w/2)
-        self.downsample = nn.Sequential(
-            nn.Conv2d(embed_dims, embed_dims, 3, stride=2, padding=1),
-            nn.GroupNorm(32, embed_dims))
         if self.num_co_heads > 0:
             k = self.num_co_heads
             self.aux_pos_trans_fc = nn.ModuleList(
@@ -140,15 +125,41 @@ class CoDeformDETRHead(DeformableDETRHead):
             # head, broadcast over channels; kept for checkpoint compatibility.
             self.head_pos_embed = nn.Embedding(k, 1)
 
+    def _init_transformer(self, encoder_type: type, decoder_type: type) -> None:
+        """Positional encoding, encoder, decoder, level embeddings, the
+        proposal projection and the extra stride-2 level of the aux heads."""
+        self.positional_encoding = SinePositionalEncoding(**self.positional_encoding_cfg)
+        self.encoder = encoder_type(**self.encoder_cfg)
+        self.decoder = decoder_type(**self.decoder_cfg)
+        embed_dims = self.encoder.embed_dims
+        name = type(self).__name__
+        if embed_dims != self.embed_dims or self.decoder.embed_dims != embed_dims:
+            raise ValueError(
+                f'{name}: embed_dims={self.embed_dims} but the encoder has '
+                f'{embed_dims} and the decoder {self.decoder.embed_dims}')
+        if self.positional_encoding.num_feats * 2 != embed_dims:
+            raise ValueError(
+                f'{name}: positional_encoding.num_feats must be embed_dims / 2 '
+                f'({embed_dims // 2}), got {self.positional_encoding.num_feats}')
+        self.level_embed = nn.Parameter(torch.empty(self.num_feature_levels, embed_dims))
+        self.memory_trans_fc = nn.Linear(embed_dims, embed_dims)
+        self.memory_trans_norm = nn.LayerNorm(embed_dims)
+        # extra stride-2 level for the auxiliary heads: (bs, c, h, w) -> (bs, c, h/2, w/2)
+        self.downsample = nn.Sequential(
+            nn.Conv2d(embed_dims, embed_dims, 3, stride=2, padding=1),
+            nn.GroupNorm(32, embed_dims))
+
+    def _xavier_init_modules(self) -> List[nn.Module]:
+        """Modules whose weights (dim > 1) the official transformer xavier-initialises."""
+        parts = [self.encoder, self.decoder, self.memory_trans_fc, self.pos_trans_fc]
+        if self.num_co_heads > 0:
+            parts += [self.aux_pos_trans_fc, self.pos_feats_trans, self.head_pos_embed]
+        return parts
+
     def init_weights(self) -> None:
         """Initialise branches (mmdet) and the transformer (xavier, as official)."""
         super().init_weights()
-        transformer_parts = [self.encoder, self.decoder, self.memory_trans_fc,
-                             self.pos_trans_fc]
-        if self.num_co_heads > 0:
-            transformer_parts += [self.aux_pos_trans_fc, self.pos_feats_trans,
-                                  self.head_pos_embed]
-        for part in transformer_parts:
+        for part in self._xavier_init_modules():
             for p in part.parameters():
                 if p.dim() > 1:
                     nn.init.xavier_uniform_(p)
@@ -397,7 +408,8 @@ class CoDeformDETRHead(DeformableDETRHead):
 
     def loss_aux_single(self, cls_scores: Tensor, bbox_preds: Tensor, aux: AuxQueryTargets,
                         batch_img_metas: List[dict]) -> Tuple[Tensor, Tensor, Tensor]:
-        """Focal / L1 / GIoU losses of one decoder layer against fixed targets.
+        """Focal (or quality focal) / L1 / GIoU losses of one decoder layer
+        against fixed targets.
 
         Args:
             cls_scores (Tensor): (bs, N, num_classes) logits.
@@ -415,7 +427,18 @@ class CoDeformDETRHead(DeformableDETRHead):
         if self.sync_cls_avg_factor:
             cls_avg_factor = reduce_mean(cls_scores.new_tensor([cls_avg_factor]))
         cls_avg_factor = max(cls_avg_factor, 1)
-        loss_cls = self.loss_cls(cls_scores.reshape(-1, self.cls_out_channels), labels,
+        cls_target = labels
+        if isinstance(self.loss_cls, QualityFocalLoss):
+            # Co-DINO: the positives' soft target is the IoU of the (detached)
+            # predicted box with the aux target, normalised xyxy; negatives 0.
+            is_pos = (labels >= 0) & (labels < self.num_classes)
+            quality = cls_scores.new_zeros(labels.shape)
+            quality[is_pos] = bbox_overlaps(
+                bbox_cxcywh_to_xyxy(bbox_preds.reshape(-1, 4)[is_pos].detach()),
+                bbox_cxcywh_to_xyxy(aux.bbox_targets.reshape(-1, 4)[is_pos]),
+                is_aligned=True)
+            cls_target = (labels, quality)
+        loss_cls = self.loss_cls(cls_scores.reshape(-1, self.cls_out_channels), cls_target,
                                  aux.label_weights.reshape(-1), avg_factor=cls_avg_factor)
 
         num_total_pos = torch.clamp(reduce_mean(loss_cls.new_tensor([num_pos])), min=1).item()

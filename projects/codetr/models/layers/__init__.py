@@ -4,10 +4,12 @@ from .co_transformer import (
                              CoDeformableDetrTransformerDecoderLayer,
                              CoDeformableDetrTransformerEncoder,
                              CoDeformableDetrTransformerEncoderLayer,
+    CoDinoTransformerDecoder,
 )
 
 __all__ = [
     'AuxPositives', 'AuxQueryTargets', 'build_aux_query_targets',
     'CoDeformableDetrTransformerDecoder', 'CoDeformableDetrTransformerDecoderLayer',
-    'CoDeformableDetrTransformerEncoder', 'CoDeformableDetrTransformerEncoderLayer'
+    'CoDeformableDetrTransformerEncoder', 'CoDeformableDetrTransformerEncoderLayer',
+    'CoDinoTransformerDecoder'
 ]

@@ -2,8 +2,10 @@
 
 mmdet's Deformable-DETR layers build mmcv's ``MultiScaleDeformableAttention``;
 the layers here build :class:`CoMultiScaleDeformableAttention` (same keys and
-arithmetic, fast kernel on CPU) and are otherwise mmdet's. The decoder adds
-look-forward-twice.
+arithmetic, fast kernel on CPU) and are otherwise mmdet's. The encoder can
+checkpoint its first layers' activations (``with_cp``); the Deformable-DETR
+decoder adds look-forward-twice, the DINO decoder (Co-DINO) is mmdet's with
+the sine embedding sized to ``embed_dims``.
 """
 from typing import Optional, Tuple
 
@@ -11,14 +13,17 @@ import torch
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks.transformer import FFN, MultiheadAttention
 from mmdet.models.layers import (
+    MLP,
     DeformableDetrTransformerDecoder,
     DeformableDetrTransformerDecoderLayer,
     DeformableDetrTransformerEncoder,
     DeformableDetrTransformerEncoderLayer,
+    DinoTransformerDecoder,
 )
-from mmdet.models.layers.transformer.utils import inverse_sigmoid
+from mmdet.models.layers.transformer.utils import coordinate_to_encoding, inverse_sigmoid
 from mmengine.model import ModuleList
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ...ops.ms_deform_attn import CoMultiScaleDeformableAttention
 
@@ -49,7 +54,28 @@ class CoDeformableDetrTransformerDecoderLayer(DeformableDetrTransformerDecoderLa
 
 
 class CoDeformableDetrTransformerEncoder(DeformableDetrTransformerEncoder):
-    """mmdet's Deformable-DETR encoder made of :class:`CoDeformableDetrTransformerEncoderLayer`."""
+    """mmdet's Deformable-DETR encoder made of :class:`CoDeformableDetrTransformerEncoderLayer`.
+
+    Args:
+        with_cp (int): Recompute the activations of the first ``with_cp``
+            layers in the backward pass instead of storing them (training
+            only), as the official Co-DINO configs do with fairscale. Uses
+            ``torch.utils.checkpoint``; the state-dict keys do not change.
+            Defaults to 0.
+        *args, **kwargs: See :class:`DeformableDetrTransformerEncoder`.
+    """
+
+    def __init__(self, *args, with_cp: int = 0, **kwargs) -> None:
+        num_layers = kwargs.get('num_layers', args[0] if args else None)
+        if not isinstance(with_cp, int) or with_cp < 0 or (
+                num_layers is not None and with_cp > num_layers):
+            raise ValueError(f'{type(self).__name__}: with_cp={with_cp!r}, expected an int '
+                             f'in [0, num_layers={num_layers}]')
+        if kwargs.get('num_cp', -1) > 0:
+            raise ValueError(f'{type(self).__name__}: num_cp needs fairscale; use with_cp '
+                             '(torch.utils.checkpoint) instead')
+        self.with_cp = with_cp
+        super().__init__(*args, **kwargs)
 
     def _init_layers(self) -> None:
         """``num_layers`` encoder layers."""
@@ -57,6 +83,36 @@ class CoDeformableDetrTransformerEncoder(DeformableDetrTransformerEncoder):
             CoDeformableDetrTransformerEncoderLayer(**self.layer_cfg)
             for _ in range(self.num_layers))
         self.embed_dims = self.layers[0].embed_dims
+
+    def forward(self, query: Tensor, query_pos: Tensor, key_padding_mask: Tensor,
+                spatial_shapes: Tensor, level_start_index: Tensor, valid_ratios: Tensor,
+                **kwargs) -> Tensor:
+        """mmdet's encoder loop; the first ``with_cp`` layers are checkpointed.
+
+        Args:
+            query (Tensor): Flattened maps, (bs, num_queries, dim).
+            query_pos (Tensor): Positional + level embeddings, same shape.
+            key_padding_mask (Tensor): (bs, num_queries), True at padding.
+            spatial_shapes (Tensor): (num_levels, 2) as (h, w).
+            level_start_index (Tensor): (num_levels, ).
+            valid_ratios (Tensor): (bs, num_levels, 2).
+
+        Returns:
+            Tensor: The memory, (bs, num_queries, dim).
+        """
+        reference_points = self.get_encoder_reference_points(
+            spatial_shapes, valid_ratios, device=query.device)
+        layer_kwargs = dict(query_pos=query_pos, key_padding_mask=key_padding_mask,
+                            spatial_shapes=spatial_shapes,
+                            level_start_index=level_start_index, valid_ratios=valid_ratios,
+                            reference_points=reference_points, **kwargs)
+        recompute = self.training and torch.is_grad_enabled()
+        for i, layer in enumerate(self.layers):
+            if recompute and i < self.with_cp:
+                query = checkpoint(layer, query, use_reentrant=False, **layer_kwargs)
+            else:
+                query = layer(query, **layer_kwargs)
+        return query
 
 
 class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
@@ -159,3 +215,89 @@ class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
         if self.return_intermediate:
             return torch.stack(intermediate), torch.stack(intermediate_refs)
         return output, reference_points
+
+
+class CoDinoTransformerDecoder(DinoTransformerDecoder):
+    """mmdet's DINO decoder built of :class:`CoDeformableDetrTransformerDecoderLayer`.
+
+    As in DINO and the official Co-DINO, the positional query of every layer
+    is ``ref_point_head`` (MLP 2C -> C -> C) of the sine embedding of its
+    reference box (order y, x, w, h; ``embed_dims / 2`` frequencies per
+    coordinate, so that any width works, not only 256), box refinement uses
+    ``inverse_sigmoid(ref, eps=1e-3)``, the hidden states pass through the
+    shared ``norm`` and the returned references are the undetached refined
+    boxes (look-forward-twice) after the initial ones.
+    """
+
+    def _init_layers(self) -> None:
+        """Decoder layers, ``ref_point_head`` and the output norm."""
+        if self.post_norm_cfg is not None:
+            raise ValueError(f'{type(self).__name__}: post_norm_cfg must be None, got '
+                             f'{self.post_norm_cfg}')
+        if not self.return_intermediate:
+            raise ValueError(f'{type(self).__name__}: return_intermediate must be True (the '
+                             'head predicts from every layer)')
+        self.layers = ModuleList(
+            CoDeformableDetrTransformerDecoderLayer(**self.layer_cfg)
+            for _ in range(self.num_layers))
+        self.embed_dims = self.layers[0].embed_dims
+        self.ref_point_head = MLP(self.embed_dims * 2, self.embed_dims, self.embed_dims, 2)
+        self.norm = nn.LayerNorm(self.embed_dims)
+
+    def forward(self,
+                query: Tensor,
+                value: Tensor,
+                key_padding_mask: Optional[Tensor],
+                self_attn_mask: Optional[Tensor],
+                reference_points: Tensor,
+                spatial_shapes: Tensor,
+                level_start_index: Tensor,
+                valid_ratios: Tensor,
+                reg_branches: nn.ModuleList,
+                **kwargs) -> Tuple[Tensor, Tensor]:
+        """Run all decoder layers.
+
+        Args:
+            query (Tensor): Content queries, (bs, nq, dim).
+            value (Tensor): Flattened encoder memory, (bs, num_value, dim).
+            key_padding_mask (Tensor, optional): (bs, num_value), True at padding.
+            self_attn_mask (Tensor, optional): Boolean (nq, nq) or
+                (bs * num_heads, nq, nq), True = may not attend (denoising groups).
+            reference_points (Tensor): Initial boxes, normalised cxcywh, (bs, nq, 4).
+            spatial_shapes (Tensor): (num_levels, 2).
+            level_start_index (Tensor): (num_levels, ).
+            valid_ratios (Tensor): (bs, num_levels, 2).
+            reg_branches (nn.ModuleList): Per-layer box branches.
+
+        Returns:
+            tuple[Tensor, Tensor]: Normalised hidden states (num_layers, bs, nq, dim)
+            and references (num_layers + 1, bs, nq, 4): the initial boxes, then
+            each layer's refined boxes with their gradient.
+        """
+        if reference_points.size(-1) != 4:
+            raise ValueError(f'{type(self).__name__} expects 4-d reference boxes, got '
+                             f'{reference_points.size(-1)}-d')
+        intermediate, references = [], [reference_points]
+        ratios = torch.cat([valid_ratios, valid_ratios], -1)[:, None]  # (bs, 1, nl, 4)
+        for layer_id, layer in enumerate(self.layers):
+            reference_points_input = reference_points[:, :, None] * ratios
+            query_sine_embed = coordinate_to_encoding(
+                reference_points_input[:, :, 0, :], num_feats=self.embed_dims // 2)
+            query_pos = self.ref_point_head(query_sine_embed)
+            query = layer(
+                query,
+                query_pos=query_pos,
+                value=value,
+                key_padding_mask=key_padding_mask,
+                self_attn_mask=self_attn_mask,
+                spatial_shapes=spatial_shapes,
+                level_start_index=level_start_index,
+                valid_ratios=valid_ratios,
+                reference_points=reference_points_input,
+                **kwargs)
+            new_reference_points = (reg_branches[layer_id](query) + inverse_sigmoid(
+                reference_points, eps=1e-3)).sigmoid()
+            reference_points = new_reference_points.detach()
+            intermediate.append(self.norm(query))
+            references.append(new_reference_points)  # look forward twice
+        return torch.stack(intermediate), torch.stack(references)
