@@ -41,7 +41,8 @@ from .utils import register_checkpoint_safe_globals, register_torchvision_fallba
 
 __all__ = [
     'AuxPositives', 'AuxQueryTargets', 'build_aux_query_targets', 'CoATSSHead',
-    'CoDeformDETRHead', 'CoDINOHead', 'CoDinoTransformerDecoder', 'CoDETR', 'CoStandardRoIHead', 'CoDeformableDetrTransformerDecoder',
+    'CoDeformDETRHead', 'CoDINOHead', 'CoDinoTransformerDecoder', 'CoDETR', 'CoStandardRoIHead',
+    'CoDeformableDetrTransformerDecoder',
     'CoDeformableDetrTransformerEncoder', 'CoMultiScaleDeformableAttention',
     'register_torchvision_fallback', 'KEY_RULES', 'ConversionError', 'convert_state_dict',
     'invert_state_dict', 'register_checkpoint_safe_globals', 'multi_scale_deformable_attn_cpu',
