@@ -53,6 +53,11 @@ class CoDETR(BaseDetector):
             Defaults to True.
         eval_module (str): 'detr', 'one-stage' or 'two-stage'.
         eval_index (int): Which dense / RoI head to evaluate. Defaults to 0.
+        with_attn_mask (bool): Mask the padding of each image. False (the
+            official LSJ recipes, whose images are padded to a fixed canvas)
+            sets every image's ``img_shape`` to the batch input shape, so the
+            padding is treated as image: no padding mask, targets normalised by
+            the canvas, test boxes clamped to it. Defaults to True.
         data_preprocessor (dict, optional): Data preprocessor config.
         init_cfg (dict, optional): Initialisation config.
     """
@@ -71,6 +76,7 @@ class CoDETR(BaseDetector):
                  with_pos_coord: bool = True,
                  eval_module: str = 'detr',
                  eval_index: int = 0,
+                 with_attn_mask: bool = True,
                  data_preprocessor: OptConfigType = None,
                  init_cfg: OptMultiConfig = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
@@ -81,6 +87,7 @@ class CoDETR(BaseDetector):
         self.with_pos_coord = with_pos_coord
         self.eval_module = eval_module
         self.eval_index = eval_index
+        self.with_attn_mask = with_attn_mask
         self.train_cfg = train_cfgs
         self.test_cfg = test_cfgs
         train_at = (lambda i: train_cfgs[i]) if train_cfgs else (lambda i: None)
@@ -168,8 +175,16 @@ class CoDETR(BaseDetector):
             x = self.neck(x)
         return x
 
+    def _drop_attn_mask(self, batch_data_samples: SampleList) -> None:
+        """``with_attn_mask=False``: the whole padded canvas is the image."""
+        if self.with_attn_mask:
+            return
+        for sample in batch_data_samples:
+            sample.set_metainfo(dict(img_shape=tuple(sample.batch_input_shape)))
+
     def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> Dict[str, Tensor]:
         """Losses of the query head, the auxiliary heads and the aux queries."""
+        self._drop_attn_mask(batch_data_samples)
         x = self.extract_feat(batch_inputs)
         with_aux = self.with_rpn or len(self.roi_head) > 0 or len(self.bbox_head) > 0
         losses, enc_maps = self.query_head.loss(x, batch_data_samples, return_maps=with_aux)
@@ -211,6 +226,7 @@ class CoDETR(BaseDetector):
     def predict(self, batch_inputs: Tensor, batch_data_samples: SampleList,
                 rescale: bool = True) -> SampleList:
         """Detections of ``eval_module``; 'detr' runs the query head only."""
+        self._drop_attn_mask(batch_data_samples)
         x = self.extract_feat(batch_inputs)
         if self.eval_module == 'detr':
             results = self.query_head.predict(x, batch_data_samples, rescale=rescale)
@@ -243,6 +259,7 @@ class CoDETR(BaseDetector):
             batch_data_samples = [
                 DetDataSample(metainfo=dict(img_shape=(h, w), batch_input_shape=(h, w)))
                 for _ in range(batch_inputs.size(0))]
+        self._drop_attn_mask(batch_data_samples)
         x = self.extract_feat(batch_inputs)
         out = self.query_head.forward_transformer(x, batch_data_samples)
         return self.query_head(out['hidden_states'], out['references'])
