@@ -1,4 +1,8 @@
-"""Convert an official Co-DETR (mmdet 2.x) checkpoint to this project's mmdet 3.x layout.
+"""Convert a published Co-DETR checkpoint to this project's mmdet 3.x layout.
+
+Sources, detected from the keys: official Co-Deformable-DETR and Co-DINO (Sense-X/Co-DETR,
+mmdet 2.x; ResNet or Swin-V1 backbones) and the Co-DINO checkpoints of mmdet 3.x's
+``projects/CO-DETR`` port (ResNet or mmdet Swin backbones).
 
 Examples::
 
@@ -7,8 +11,11 @@ Examples::
         work_dirs/co_deformable_detr_r50_1x_coco_mmdet3.pth
     # query head only, loadable by configs/deformable_detr_pp_r50_1x_coco.py
     python tools/model_converters/official_to_mmdet3.py SRC.pth DST.pth --inference-only
+    # Co-DINO Swin-L (official or mmdet 3.x port), checked against its config
+    python tools/model_converters/official_to_mmdet3.py co_dino_5scale_swin_large_1x_coco.pth \\
+        DST.pth --config configs/co_dino_5scale_swin_l_1x_coco.py
 
-The key table and the checks live in :mod:`projects.codetr.converters.co_deformable_detr`.
+The key tables and the checks live in :mod:`projects.codetr.converters`.
 Every official key is renamed or dropped with a reason; an unknown key, a shape/dtype
 mismatch against the model built from ``--config`` or a missing key stops the conversion with
 the full list of offenders (exit status 1). DST is
@@ -35,9 +42,13 @@ from projects.codetr.converters.co_deformable_detr import (  # noqa: E402
     expected_spec,
     load_official_checkpoint,
 )
+from projects.codetr.converters.co_dino import LAYOUTS, detect_layout  # noqa: E402
 
 FULL_CONFIG = REPO_ROOT / 'configs' / 'co_deformable_detr_r50_1x_coco.py'
 BASELINE_CONFIG = REPO_ROOT / 'configs' / 'deformable_detr_pp_r50_1x_coco.py'
+CO_DINO_CONFIG = REPO_ROOT / 'configs' / 'co_dino_5scale_r50_1x_coco.py'
+DINO_BASELINE_CONFIG = REPO_ROOT / 'configs' / 'dino_5scale_r50_1x_coco.py'
+CO_DINO_SWIN_L_CONFIG = REPO_ROOT / 'configs' / 'co_dino_5scale_swin_l_1x_coco.py'
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -53,9 +64,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         'projections; the result loads into the Deformable-DETR++ baseline config')
     parser.add_argument(
         '--config', default=None,
-        help='config whose model the result must load into strictly (default: '
-        f'{FULL_CONFIG.relative_to(REPO_ROOT)}, or '
-        f'{BASELINE_CONFIG.relative_to(REPO_ROOT)} with --inference-only)')
+        help='config whose model the result must load into strictly; with --inference-only '
+        'its auxiliary heads are removed first. Default by the detected source: '
+        f'{FULL_CONFIG.relative_to(REPO_ROOT)} (--inference-only: '
+        f'{BASELINE_CONFIG.relative_to(REPO_ROOT)}) for Co-Deformable-DETR, '
+        f'{CO_DINO_CONFIG.relative_to(REPO_ROOT)} (--inference-only: '
+        f'{DINO_BASELINE_CONFIG.relative_to(REPO_ROOT)}) or, with a Swin backbone, '
+        f'{CO_DINO_SWIN_L_CONFIG.relative_to(REPO_ROOT)} for Co-DINO')
     parser.add_argument(
         '--trust-checkpoint', action='store_true',
         help='load SRC with torch.load(weights_only=False). Unpickling can execute code '
@@ -65,11 +80,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def model_spec(config: Path) -> Dict[str, TensorSpec]:
+def model_spec(config: Path, strip_aux: bool = False) -> Dict[str, TensorSpec]:
     """Shapes and dtypes of the state dict of the model built from ``config``.
 
     The model is built on the meta device (no memory, no initialisation, no pretrained
-    download); a model that cannot be built there is built on the CPU.
+    download); a model that cannot be built there is built on the CPU. ``strip_aux``
+    removes the auxiliary heads first (the aux-free baseline of the config's model).
     """
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
@@ -80,6 +96,12 @@ def model_spec(config: Path) -> Dict[str, TensorSpec]:
 
     cfg = Config.fromfile(str(config))
     cfg.model.backbone.init_cfg = None
+    if strip_aux and cfg.model.get('type') == 'CoDETR':
+        cfg.model.update(rpn_head=None, roi_head=None, bbox_head=None)
+        cfg.model.query_head.num_co_heads = 0
+        for key in ('train_cfg', 'test_cfg'):
+            if isinstance(cfg.model.get(key), (list, tuple)):
+                cfg.model[key] = [cfg.model[key][0]]
     try:
         with torch.device('meta'):
             model = MODELS.build(cfg.model)
@@ -88,19 +110,32 @@ def model_spec(config: Path) -> Dict[str, TensorSpec]:
     return expected_spec(model)
 
 
+def default_config(layout: str, keys: Sequence[str], inference_only: bool) -> Path:
+    """The config a checkpoint of ``layout`` is checked against without ``--config``."""
+    if layout == 'co_deformable_detr':
+        return BASELINE_CONFIG if inference_only else FULL_CONFIG
+    if any(k.split('.', 2)[1] in ('patch_embed', 'stages', 'layers')
+           for k in keys if k.startswith('backbone.')):
+        return CO_DINO_SWIN_L_CONFIG  # aux heads stripped with --inference-only
+    return DINO_BASELINE_CONFIG if inference_only else CO_DINO_CONFIG
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the conversion; returns the process exit status."""
     args = parse_args(argv)
-    config = Path(args.config) if args.config else (
-        BASELINE_CONFIG if args.inference_only else FULL_CONFIG)
     try:
         state, meta = load_official_checkpoint(args.src, args.trust_checkpoint)
     except (UntrustedCheckpointError, ValueError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
-    print(f'loaded {len(state)} tensors from {args.src}')
+    layout = detect_layout(state)
+    rules, source = LAYOUTS[layout]
+    print(f'loaded {len(state)} tensors from {args.src}: {source} layout')
+    config = Path(args.config) if args.config else default_config(
+        layout, list(state), args.inference_only)
     try:
-        result = convert_state_dict(state, model_spec(config), args.inference_only)
+        result = convert_state_dict(state, model_spec(config, args.inference_only),
+                                    args.inference_only, rules)
     except ConversionError as err:
         print(f'error: {args.src} does not convert to the model of {config}: {err}',
               file=sys.stderr)
@@ -117,6 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     shown = shown.relative_to(REPO_ROOT) if shown.is_relative_to(REPO_ROOT) else shown
     out = dict(state_dict=result.state_dict,
                meta=build_meta(result, args.src, meta, args.inference_only, str(shown)))
+    out['meta']['source_layout'] = layout
     Path(args.dst).parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, args.dst)
     print(f'{result.summary()}; checked against {config}')

@@ -24,7 +24,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +38,8 @@ PLACEHOLDERS: Dict[str, str] = {
     'w': r'weight|bias',
     'bn': r'weight|bias|running_mean|running_var|num_batches_tracked',
     'msda': r'sampling_offsets|attention_weights|value_proj|output_proj',
+    'swin_attn': (r'qkv\.(?:weight|bias)|proj\.(?:weight|bias)|relative_position_bias_table|'
+                  r'relative_position_index'),
 }
 
 _RPN = 'auxiliary Faster R-CNN RPN head (training only; not used by eval_module="detr")'
@@ -55,11 +57,15 @@ class KeyRule:
         ours (str, optional): Template of our key; ``None`` drops the key.
         reason (str): Why the key is dropped (or dropped in inference-only mode).
         aux (bool): Auxiliary-head weight, dropped by ``inference_only``.
+        convert (callable, optional): ``convert(official_key, tensor)`` -> the
+            tensor in our layout, for weights whose layout (not only name)
+            differs; None copies the tensor.
     """
     official: str
     ours: Optional[str]
     reason: str = ''
     aux: bool = False
+    convert: Optional[Callable[[str, Tensor], Tensor]] = None
 
 
 def _same(template: str, reason: str = '', aux: bool = False) -> KeyRule:
@@ -71,9 +77,8 @@ _QH = 'query_head.transformer'
 _ENC, _DEC = f'{_QH}.encoder.layers.{{i}}', f'{_QH}.decoder.layers.{{i}}'
 _OUR_ENC, _OUR_DEC = 'query_head.encoder.layers.{i}', 'query_head.decoder.layers.{i}'
 
-#: The mapping, official template -> our template, in official state-dict order.
-KEY_RULES: Tuple[KeyRule, ...] = (
-    # ResNet-50 and ChannelMapper: mmdet modules whose layout did not change.
+#: ResNet and ChannelMapper: mmdet modules whose layout did not change.
+RESNET_NECK_RULES: Tuple[KeyRule, ...] = (
     _same('backbone.conv1.weight'),
     _same('backbone.bn1.{bn}'),
     _same('backbone.layer{s}.{i}.conv{j}.weight'),
@@ -84,7 +89,10 @@ KEY_RULES: Tuple[KeyRule, ...] = (
     _same('neck.convs.{i}.gn.{w}'),
     _same('neck.extra_convs.{i}.conv.{w}'),
     _same('neck.extra_convs.{i}.gn.{w}'),
-    # Query head: the transformer's modules now live in the head itself.
+)
+#: The deformable encoder/decoder layers and the two-stage proposal projection: the
+#: transformer's modules now live in the head itself.
+TRANSFORMER_RULES: Tuple[KeyRule, ...] = (
     KeyRule(f'{_QH}.level_embeds', 'query_head.level_embed'),
     KeyRule(f'{_ENC}.attentions.0.{{msda}}.{{w}}', f'{_OUR_ENC}.self_attn.{{msda}}.{{w}}'),
     KeyRule(f'{_ENC}.ffns.0.layers.0.0.{{w}}', f'{_OUR_ENC}.ffn.layers.0.0.{{w}}'),
@@ -100,9 +108,6 @@ KEY_RULES: Tuple[KeyRule, ...] = (
     KeyRule(f'{_DEC}.norms.{{j}}.{{w}}', f'{_OUR_DEC}.norms.{{j}}.{{w}}'),
     KeyRule(f'{_QH}.enc_output.{{w}}', 'query_head.memory_trans_fc.{w}'),
     KeyRule(f'{_QH}.enc_output_norm.{{w}}', 'query_head.memory_trans_norm.{w}'),
-    KeyRule(f'{_QH}.pos_trans.{{w}}', 'query_head.pos_trans_fc.{w}'),
-    KeyRule(f'{_QH}.pos_trans_norm.{{w}}', 'query_head.pos_trans_norm.{w}'),
-    KeyRule(f'{_QH}.head_pos_embed.weight', 'query_head.head_pos_embed.weight', _AUXQ, True),
     KeyRule(f'{_QH}.aux_pos_trans.{{k}}.{{w}}', 'query_head.aux_pos_trans_fc.{k}.{w}', _AUXQ,
             True),
     KeyRule(f'{_QH}.aux_pos_trans_norm.{{k}}.{{w}}', 'query_head.aux_pos_trans_norm.{k}.{w}',
@@ -111,12 +116,16 @@ KEY_RULES: Tuple[KeyRule, ...] = (
             True),
     KeyRule(f'{_QH}.pos_feats_norm.{{k}}.{{w}}', 'query_head.pos_feats_norm.{k}.{w}', _AUXQ,
             True),
-    # The extra stride-128 map only feeds the aux heads, but the baseline keeps the module.
+)
+#: Prediction branches and the extra stride-2 level (it only feeds the aux heads, but the
+#: aux-free baselines keep the module so that checkpoints load both ways).
+BRANCH_RULES: Tuple[KeyRule, ...] = (
     _same('query_head.downsample.{j}.{w}'),
     _same('query_head.cls_branches.{i}.{w}'),
     _same('query_head.reg_branches.{i}.{j}.{w}'),
-    _same('query_head.query_embedding.weight'),
-    # Auxiliary heads: unchanged mmdet RPNHead / Shared2FCBBoxHead / ATSS layouts.
+)
+#: Auxiliary heads: unchanged mmdet RPNHead / Shared2FCBBoxHead / ATSS layouts.
+AUX_HEAD_RULES: Tuple[KeyRule, ...] = (
     _same('rpn_head.rpn_conv.{w}', _RPN, True),
     _same('rpn_head.rpn_cls.{w}', _RPN, True),
     _same('rpn_head.rpn_reg.{w}', _RPN, True),
@@ -132,6 +141,16 @@ KEY_RULES: Tuple[KeyRule, ...] = (
     _same('bbox_head.{k}.atss_centerness.{w}', _ATSS, True),
     _same('bbox_head.{k}.scales.{i}.scale', _ATSS, True),
 )
+
+#: Co-Deformable-DETR: official template -> our template.
+KEY_RULES: Tuple[KeyRule, ...] = (
+    RESNET_NECK_RULES + TRANSFORMER_RULES + (
+        KeyRule(f'{_QH}.pos_trans.{{w}}', 'query_head.pos_trans_fc.{w}'),
+        KeyRule(f'{_QH}.pos_trans_norm.{{w}}', 'query_head.pos_trans_norm.{w}'),
+        KeyRule(f'{_QH}.head_pos_embed.weight', 'query_head.head_pos_embed.weight', _AUXQ,
+                True),
+        _same('query_head.query_embedding.weight'),
+    ) + BRANCH_RULES + AUX_HEAD_RULES)
 
 
 class TensorSpec(NamedTuple):
@@ -307,6 +326,9 @@ def convert_state_dict(official: Mapping[str, Tensor],
         if ours is None:
             result.dropped.append((raw_key, reason))
             continue
+        rule = match_key(key, rules)[0]
+        if rule.convert is not None:
+            value = rule.convert(key, value)
         if ours in sources:
             problems.append(f'{raw_key} -> {ours}: target already produced by {sources[ours]}')
             continue
