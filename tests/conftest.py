@@ -15,6 +15,8 @@ os.environ.setdefault('OMP_NUM_THREADS', '2')
 TINY_CFG = ROOT / 'tests' / 'configs' / 'co_deformable_detr_tiny.py'
 R50_CFG = ROOT / 'configs' / 'co_deformable_detr_r50_1x_coco.py'
 BASELINE_CFG = ROOT / 'configs' / 'deformable_detr_pp_r50_1x_coco.py'
+CO_DINO_TINY_CFG = ROOT / 'tests' / 'configs' / 'co_dino_tiny.py'
+CO_DINO_R50_CFG = ROOT / 'configs' / 'co_dino_5scale_r50_1x_coco.py'
 
 
 @pytest.fixture(scope='session', autouse=True)

@@ -62,6 +62,11 @@ EXPECTED_LOSSES = {
     'roi_only': ({'loss_rpn_cls', 'loss_cls0', 'acc0', 'loss_cls_aux0'},
                  {'loss_centerness0', 'loss_cls_aux1'}),
     'zero_padding': ({'loss_cls_aux0', 'loss_cls_aux1'}, set()),
+    'co_dino_5scale': ({'dn_loss_cls', 'd0.dn_loss_iou', 'enc_loss_cls', 'loss_rpn_cls',
+                        'loss_cls0', 'loss_centerness1', 'loss_cls_aux0', 'loss_cls_aux1'},
+                       set()),
+    'dino_5scale': ({'dn_loss_cls', 'enc_loss_cls', 'd0.loss_cls'},
+                    {'loss_rpn_cls', 'loss_cls0', 'loss_cls_aux0'}),
 }
 
 
@@ -111,23 +116,39 @@ def _scale_options(cfg: Config) -> list[str]:
                     options.append(f'{path}.scale="{SMALL_TEST_SCALE}"'.replace(' ', ''))
                 elif key == 'crop_size':
                     options.append(f'{path}.crop_size="(64,64)"')
+                elif key == 'size' and node.get('type') == 'Pad':  # LSJ canvas
+                    options.append(f'{path}.size="(128,128)"')
                 else:
                     visit(value, f'{path}.{key}')
 
     for split in ('train', 'val', 'test'):
-        visit(cfg[f'{split}_dataloader']['dataset']['pipeline'],
-              f'{split}_dataloader.dataset.pipeline')
+        dataset, path = cfg[f'{split}_dataloader']['dataset'], f'{split}_dataloader.dataset'
+        while True:  # wrappers (MultiImageMixDataset) have pipelines of their own
+            if 'pipeline' in dataset:
+                visit(dataset['pipeline'], f'{path}.pipeline')
+            if 'dataset' not in dataset:
+                break
+            dataset, path = dataset['dataset'], f'{path}.dataset'
     return options
+
+
+def _inner_dataset(cfg: Config, split: str) -> tuple[dict, str]:
+    """The innermost dataset of a split (inside wrappers) and its ``--cfg-options`` path."""
+    dataset, path = cfg[f'{split}_dataloader']['dataset'], f'{split}_dataloader.dataset'
+    while 'dataset' in dataset:
+        dataset, path = dataset['dataset'], f'{path}.dataset'
+    return dataset, path
 
 
 def _options(config: Path, synthetic_root: Path, coco_root: Path) -> list[str]:
     cfg = Config.fromfile(str(config))
     # configs with their own `classes` (metainfo) read the synthetic layout; the others are
     # mmdet's COCO dataset config (80 classes, train2017/ + instances_train2017.json)
-    is_coco = not cfg.train_dataloader.dataset.get('metainfo')
+    is_coco = not _inner_dataset(cfg, 'train')[0].get('metainfo')
     root = coco_root if is_coco else synthetic_root
     ann = cfg.val_dataloader.dataset.ann_file
-    opts = [f'{split}_dataloader.dataset.data_root={root}/' for split in ('train', 'val', 'test')]
+    opts = [f'{_inner_dataset(cfg, split)[1]}.data_root={root}/'
+            for split in ('train', 'val', 'test')]
     opts += [f'val_evaluator.ann_file={root}/{ann}', f'test_evaluator.ann_file={root}/{ann}',
              'train_dataloader.batch_size=2', 'val_dataloader.batch_size=2',
              'test_dataloader.batch_size=2', 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
@@ -180,14 +201,15 @@ def test_every_config_is_in_the_matrix():
     names = {c.stem for c in CONFIGS}
     assert SYNTHETIC.stem in names and len(names) >= 5
     for name in names:  # each config is a Co-DETR or an aux-free baseline
-        assert name.startswith(('co_deformable_detr', 'deformable_detr_pp')), name
+        assert name.startswith(('co_deformable_detr', 'deformable_detr_pp', 'co_dino_5scale',
+                                'dino_5scale')), name
 
 
 @pytest.mark.parametrize('config', CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_config_trains_and_evaluates(config, synthetic_root, coco_root, tmp_path):
     losses, _ = _train_and_test(config, synthetic_root, coco_root, tmp_path / 'run')
-    variant = 'no_pos_coord' if 'no_pos_coord' in config.stem else config.stem.split('_r50')[
-        0].split('_synthetic')[0]
+    variant = 'no_pos_coord' if 'no_pos_coord' in config.stem else re.split(
+        '_r50|_swin|_synthetic', config.stem)[0]
     _check_losses(losses, variant)
 
 

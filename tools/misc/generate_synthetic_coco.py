@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_utils
 
 #: Class names, in category-id order (COCO ids are ``index + 1``). Configs must use the same tuple
 #: in ``metainfo=dict(classes=...)``.
@@ -177,7 +178,8 @@ def render_scene(rng: np.random.Generator, img_size: int, num_objects: int,
     Returns:
         tuple: ``image`` ``(H, W, 3)`` uint8 BGR, and a list of annotations with keys
         ``label`` (0-based class index), ``bbox`` (COCO ``[x, y, w, h]`` of the visible
-        pixels) and ``area`` (visible pixel count).
+        pixels), ``area`` (visible pixel count) and ``segmentation`` (COCO RLE of the
+        visible pixels; the LSJ recipes' copy-paste needs instance masks).
     """
     img_hw = (img_size, img_size)
     img = _background(rng, img_hw)
@@ -230,8 +232,10 @@ def render_scene(rng: np.random.Generator, img_size: int, num_objects: int,
         if box is None:
             continue
         x0, y0, x1, y1 = box
+        rle = mask_utils.encode(np.asfortranarray(vis.astype(np.uint8)))
+        rle['counts'] = rle['counts'].decode('ascii')
         anns.append(dict(label=label, bbox=[x0, y0, x1 - x0 + 1, y1 - y0 + 1],
-                         area=int(vis.sum())))
+                         area=int(vis.sum()), segmentation=rle))
     return image, anns
 
 
@@ -280,7 +284,8 @@ def generate_split(out_dir: str | Path, split: str, num_images: int, img_size: i
         for ann in anns:
             annotations.append(dict(
                 id=len(annotations) + 1, image_id=idx + 1, category_id=ann['label'] + 1,
-                bbox=ann['bbox'], area=ann['area'], iscrowd=0))
+                bbox=ann['bbox'], area=ann['area'], segmentation=ann['segmentation'],
+                iscrowd=0))
     coco = dict(
         info=dict(description=f'synthetic shapes ({split}), seed={seed}', version='1.0'),
         licenses=[],
