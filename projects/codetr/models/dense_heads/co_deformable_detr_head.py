@@ -112,6 +112,7 @@ class CoDeformDETRHead(DeformableDETRHead):
         if self.mixed_selection:
             # content queries; positional queries come from the proposals
             self.query_embedding = nn.Embedding(self.num_query, embed_dims)
+        self._init_downsample()  # after the queries: keeps the official init RNG order
         if self.num_co_heads > 0:
             k = self.num_co_heads
             self.aux_pos_trans_fc = nn.ModuleList(
@@ -126,8 +127,8 @@ class CoDeformDETRHead(DeformableDETRHead):
             self.head_pos_embed = nn.Embedding(k, 1)
 
     def _init_transformer(self, encoder_type: type, decoder_type: type) -> None:
-        """Positional encoding, encoder, decoder, level embeddings, the
-        proposal projection and the extra stride-2 level of the aux heads."""
+        """Positional encoding, encoder, decoder, level embeddings and the
+        proposal projection."""
         self.positional_encoding = SinePositionalEncoding(**self.positional_encoding_cfg)
         self.encoder = encoder_type(**self.encoder_cfg)
         self.decoder = decoder_type(**self.decoder_cfg)
@@ -144,10 +145,12 @@ class CoDeformDETRHead(DeformableDETRHead):
         self.level_embed = nn.Parameter(torch.empty(self.num_feature_levels, embed_dims))
         self.memory_trans_fc = nn.Linear(embed_dims, embed_dims)
         self.memory_trans_norm = nn.LayerNorm(embed_dims)
-        # extra stride-2 level for the auxiliary heads: (bs, c, h, w) -> (bs, c, h/2, w/2)
+
+    def _init_downsample(self) -> None:
+        """The extra stride-2 level of the aux heads: (bs, c, h, w) -> (bs, c, h/2, w/2)."""
         self.downsample = nn.Sequential(
-            nn.Conv2d(embed_dims, embed_dims, 3, stride=2, padding=1),
-            nn.GroupNorm(32, embed_dims))
+            nn.Conv2d(self.embed_dims, self.embed_dims, 3, stride=2, padding=1),
+            nn.GroupNorm(32, self.embed_dims))
 
     def _xavier_init_modules(self) -> List[nn.Module]:
         """Modules whose weights (dim > 1) the official transformer xavier-initialises."""

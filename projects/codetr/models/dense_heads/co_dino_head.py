@@ -81,6 +81,7 @@ class CoDINOHead(CoDeformDETRHead, DINOHead):
             self.dn_query_generator = CdnQueryGenerator(
                 **self.dn_cfg, num_classes=self.num_classes, embed_dims=embed_dims,
                 num_matching_queries=self.num_query)
+        self._init_downsample()
         if self.num_co_heads > 0:
             k = self.num_co_heads
             self.aux_pos_trans_fc = nn.ModuleList(
