@@ -43,6 +43,11 @@ class CoDETRDeployModel(nn.Module):
         self.register_buffer('mean', preprocessor.mean.detach().clone().view(1, -1, 1, 1))
         self.register_buffer('std', preprocessor.std.detach().clone().view(1, -1, 1, 1))
         head = detector.query_head
+        if head.test_cfg.get('nms') is not None:
+            raise ValueError(
+                f'the query head\'s test_cfg has nms={dict(head.test_cfg.nms)} (the Co-DINO '
+                'soft-NMS test path), which the exported graph does not contain; export the '
+                'top-k path instead, e.g. --cfg-options "model.test_cfg.0.nms=None"')
         self.num_classes = head.num_classes
         self.max_per_img = int(head.test_cfg.get('max_per_img', 100))
 

@@ -253,3 +253,9 @@ def test_with_cp_is_validated():
     cfg.model.query_head.dn_cfg.num_classes = 80
     with pytest.raises(ValueError, match='dn_cfg must not set'):
         build_model(cfg)
+
+
+def test_export_refuses_the_soft_nms_path(tiny):
+    from projects.codetr.deploy import CoDETRDeployModel
+    with pytest.raises(ValueError, match='soft-NMS test path'):
+        CoDETRDeployModel(tiny)

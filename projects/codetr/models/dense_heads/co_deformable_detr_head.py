@@ -339,6 +339,24 @@ class CoDeformDETRHead(DeformableDETRHead):
                     level_start_index=decoder_inputs['level_start_index'],
                     valid_ratios=decoder_inputs['valid_ratios'])
 
+    def _aux_decoder_inputs(self, enc_maps: Sequence[Tensor], aux: AuxQueryTargets,
+                            head_idx: int, batch_data_samples: SampleList,
+                            value_inputs: Optional[Dict[str, Tensor]]
+                            ) -> Tuple[Dict[str, Tensor], Optional[Tensor]]:
+        """Check ``head_idx``; the decoder values (built when None) and the
+        zero-padding self-attention mask, (bs * num_heads, N, N) or None."""
+        if not 0 <= head_idx < self.num_co_heads:
+            raise IndexError(f'{type(self).__name__}: auxiliary head index {head_idx} is out '
+                             f'of range for num_co_heads={self.num_co_heads}')
+        if value_inputs is None:
+            value_inputs = self.aux_value_inputs(enc_maps, batch_data_samples)
+        self_attn_mask = None
+        if aux.attn_mask is not None:
+            num_heads = self.decoder.layers[0].self_attn.num_heads
+            # (bs, N, N) -> (bs * num_heads, N, N)
+            self_attn_mask = aux.attn_mask.repeat_interleave(num_heads, dim=0)
+        return value_inputs, self_attn_mask
+
     def forward_aux(self, enc_maps: Sequence[Tensor], aux: AuxQueryTargets,
                     head_idx: int, batch_data_samples: SampleList,
                     value_inputs: Optional[Dict[str, Tensor]] = None
@@ -358,11 +376,8 @@ class CoDeformDETRHead(DeformableDETRHead):
             tuple[Tensor, Tensor]: Class logits (num_layers, bs, N, C) and
             boxes (num_layers, bs, N, 4), normalised cxcywh.
         """
-        if not 0 <= head_idx < self.num_co_heads:
-            raise IndexError(f'CoDeformDETRHead: auxiliary head index {head_idx} is out of '
-                             f'range for num_co_heads={self.num_co_heads}')
-        if value_inputs is None:
-            value_inputs = self.aux_value_inputs(enc_maps, batch_data_samples)
+        value_inputs, self_attn_mask = self._aux_decoder_inputs(
+            enc_maps, aux, head_idx, batch_data_samples, value_inputs)
         c = self.embed_dims
         pos = self.get_proposal_pos_embed(inverse_sigmoid(aux.coords), num_pos_feats=c // 2)
         pos_trans_out = self.aux_pos_trans_norm[head_idx](self.aux_pos_trans_fc[head_idx](pos))
@@ -371,11 +386,6 @@ class CoDeformDETRHead(DeformableDETRHead):
             feats = self.pos_feats_trans[head_idx](aux.feats)
             query = query + self.pos_feats_norm[head_idx](feats)
             query_pos = query_pos + self.head_pos_embed.weight[head_idx]
-        self_attn_mask = None
-        if aux.attn_mask is not None:
-            num_heads = self.decoder.layers[0].self_attn.num_heads
-            # (bs, N, N) -> (bs * num_heads, N, N)
-            self_attn_mask = aux.attn_mask.repeat_interleave(num_heads, dim=0)
         hidden_states, inter_references = self.decoder(
             query=query,
             query_pos=query_pos,

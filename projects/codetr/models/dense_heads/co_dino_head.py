@@ -300,21 +300,14 @@ class CoDINOHead(CoDeformDETRHead, DINOHead):
             tuple[Tensor, Tensor]: Logits (num_layers, bs, N, C) and boxes
             (num_layers, bs, N, 4), normalised cxcywh.
         """
-        if not 0 <= head_idx < self.num_co_heads:
-            raise IndexError(f'CoDINOHead: auxiliary head index {head_idx} is out of '
-                             f'range for num_co_heads={self.num_co_heads}')
-        if value_inputs is None:
-            value_inputs = self.aux_value_inputs(enc_maps, batch_data_samples)
+        value_inputs, self_attn_mask = self._aux_decoder_inputs(
+            enc_maps, aux, head_idx, batch_data_samples, value_inputs)
         pos = self.get_proposal_pos_embed(inverse_sigmoid(aux.coords),
                                           num_pos_feats=self.embed_dims // 2)
         query = self.aux_pos_trans_norm[head_idx](self.aux_pos_trans_fc[head_idx](pos))
         if self.with_coord_feat:
             query = query + self.pos_feats_norm[head_idx](
                 self.pos_feats_trans[head_idx](aux.feats))
-        self_attn_mask = None
-        if aux.attn_mask is not None:
-            num_heads = self.decoder.layers[0].self_attn.num_heads
-            self_attn_mask = aux.attn_mask.repeat_interleave(num_heads, dim=0)
         hidden_states, references = self.decoder(
             query=query,
             reference_points=aux.coords,
