@@ -15,7 +15,8 @@ TINY_CFG = ROOT / 'tests' / 'configs' / 'co_dino_tiny.py'
 
 def read_listing(name):
     rows = [line.split('\t') for line in (DATA / name).read_text().splitlines()]
-    return OrderedDict((k, (tuple(eval(shape)), getattr(torch, dtype))) for k, shape, dtype in rows)
+    return OrderedDict((k, (tuple(eval(shape)), getattr(torch, dtype)))
+                       for k, shape, dtype in rows)
 
 
 def fake_state(listing, seed=0):
@@ -93,10 +94,9 @@ def test_official_swin_v1_backbone_converts_like_mmdet():
 
 
 def test_cli_converts_official_and_port_tiny_checkpoints(tmp_path, capsys):
+    from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.runner import load_checkpoint
-
-    from mmdet.registry import MODELS
     main = load_tool().main
     official = fake_state(read_listing('official_keys_co_dino_tiny.txt'))
     port = OrderedDict((('query_head.dn_generator.label_embedding.weight'

@@ -169,3 +169,20 @@ def test_infer_tool_backend_matches_pytorch(exported, val_root, tmp_path):
                    and abs(ours['scores'][j] - ref['scores'][i]) <= 1e-3
                    and max(abs(a - b) for a, b in zip(ours['bboxes'][j], ref['bboxes'][i]))
                    <= 0.5 for j in range(100)), i
+
+
+def test_co_dino_exports_its_top_k_path(tmp_path):
+    """Co-DINO exports (DINO decoder, 5 levels) once the soft-NMS test path is switched off;
+    with it, the tool refuses with the option to use."""
+    model = build_model(load_cfg(REPO_ROOT / 'tests' / 'configs' / 'co_dino_tiny.py'), seed=0)
+    ckpt = tmp_path / 'co_dino.pth'
+    torch.save(dict(state_dict=model.state_dict(), meta={}), ckpt)
+    config = REPO_ROOT / 'tests' / 'configs' / 'co_dino_tiny.py'
+    args = [sys.executable, 'tools/deployment/export_onnx.py', config, ckpt, '--out',
+            tmp_path / 'co_dino.onnx', '--shape', '128', '128']
+    proc = _run([*args, '--cfg-options', 'model.test_cfg.0.nms=None'], timeout=300)
+    assert 'OK: every PyTorch top-20 detection has an ONNX Runtime twin' in proc.stdout
+    import subprocess
+    refused = subprocess.run([str(a) for a in args], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode != 0 and 'model.test_cfg.0.nms=None' in refused.stderr
