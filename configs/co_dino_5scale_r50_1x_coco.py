@@ -7,7 +7,7 @@
 # R50 recipe, which is also the official Co-DINO 1x one.
 _base_ = './co_deformable_detr_r50_1x_coco.py'
 
-num_classes = 80
+num_classes = 80  # the one place to change it (every head reads it)
 num_dec_layer = 6
 lambda_2 = 2.0  # weight of the auxiliary heads
 aux_weight = num_dec_layer * lambda_2  # official scaling: 12
@@ -19,8 +19,10 @@ _rpn_head = _base_.model.rpn_head
 _rpn_head.anchor_generator.strides = [4, 8, 16, 32, 64, 128]
 _roi_head = _base_.model.roi_head[0]
 _roi_head.bbox_roi_extractor.update(featmap_strides=[4, 8, 16, 32, 64], finest_scale=56)
+_roi_head.bbox_head.num_classes = num_classes
 _atss_head = _base_.model.bbox_head[0]
 _atss_head.anchor_generator.strides = [4, 8, 16, 32, 64, 128]
+_atss_head.num_classes = num_classes
 
 model = dict(
     backbone=dict(out_indices=(0, 1, 2, 3)),
