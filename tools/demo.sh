@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The README's main command (`make demo`): install or reuse the environment,
-# generate the synthetic dataset if missing, train Co-DETR on it, evaluate with
-# tools/test.py, draw predictions and plot loss / val mAP against iteration.
-# Everything lands in work_dirs/demo/. Override with DATA=..., WORK=..., CONFIG=...
+# generate the synthetic shapes dataset (reused when already generated with the
+# same arguments), train Co-DETR on it, evaluate the query head (the product)
+# and each auxiliary head on its own with tools/test.py, draw the validation
+# predictions beside their ground truth plus a contact sheet, and plot loss /
+# val mAP against iteration. Everything lands in work_dirs/demo/.
+# Override with DATA=..., WORK=..., CONFIG=...; `tools/demo.sh --data-only`
+# only generates the dataset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,41 +15,66 @@ DATA=${DATA:-data/synthetic}
 WORK=${WORK:-work_dirs/demo}
 PY=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+START=$(date +%s)
 
-step() { printf '\n[demo] %s\n' "$*"; }
+step() { printf '\n[demo] %s (%d s)\n' "$*" "$(( $(date +%s) - START ))"; }
 
-step "environment"
-bash tools/install.sh
-
-if [ ! -f "$DATA/annotations/instances_val.json" ]; then
-  step "generating the synthetic dataset in $DATA"
-  "$PY" tools/misc/generate_synthetic_coco.py --out-dir "$DATA" --num-train 400 \
-    --num-val 100 --img-size 128 --seed 0
-else
-  step "reusing the dataset in $DATA"
+if [ "${1:-}" != "--data-only" ]; then
+  step "environment"
+  bash tools/install.sh
 fi
 
+# The demo's data: 128 px scenes with 1-4 shapes of 24-64 px (six classes), at most 15 %
+# of a shape hidden, 5 % empty scenes; the generator's defaults make a harder set (8-64 px,
+# up to 6 shapes, 60 % may be hidden).
+step "synthetic dataset in $DATA"
+"$PY" tools/misc/generate_synthetic_coco.py --out-dir "$DATA" --reuse --num-train 1600 \
+  --num-val 100 --img-size 128 --min-size 24 --max-size 64 --max-objects 4 \
+  --min-visible 0.85 --empty-ratio 0.05 --seed 0
+[ "${1:-}" != "--data-only" ] || exit 0
+
+DATA_OPTS=("train_dataloader.dataset.data_root=$DATA/" "val_dataloader.dataset.data_root=$DATA/"
+           "test_dataloader.dataset.data_root=$DATA/"
+           "val_evaluator.ann_file=$DATA/annotations/instances_val.json"
+           "test_evaluator.ann_file=$DATA/annotations/instances_val.json")
+
 step "training $CONFIG -> $WORK"
-"$PY" tools/train.py "$CONFIG" --work-dir "$WORK" \
-  --cfg-options "train_dataloader.dataset.data_root=$DATA/" \
-  "val_dataloader.dataset.data_root=$DATA/" "test_dataloader.dataset.data_root=$DATA/" \
-  "val_evaluator.ann_file=$DATA/annotations/instances_val.json" \
-  "test_evaluator.ann_file=$DATA/annotations/instances_val.json"
+"$PY" tools/train.py "$CONFIG" --work-dir "$WORK" --cfg-options "${DATA_OPTS[@]}"
 
 CKPT=$(ls -t "$WORK"/best_coco_bbox_mAP_*.pth 2>/dev/null | head -n 1 || true)
 [ -n "$CKPT" ] || CKPT="$WORK/$(cat "$WORK/last_checkpoint" | xargs basename)"
-step "evaluating $CKPT with tools/test.py"
+step "evaluating the query head of $CKPT with tools/test.py"
 "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test" \
-  --metrics-out "$WORK/metrics.json" \
-  --cfg-options "test_dataloader.dataset.data_root=$DATA/" \
-  "test_evaluator.ann_file=$DATA/annotations/instances_val.json"
+  --metrics-out "$WORK/metrics.json" --cfg-options "${DATA_OPTS[@]}"
+# The auxiliary heads are detectors too: their own AP on the same images.
+for head in two-stage one-stage; do
+  step "evaluating the auxiliary $head head (model.eval_module=$head)"
+  "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test_$head" \
+    --metrics-out "$WORK/metrics_$head.json" \
+    --cfg-options "${DATA_OPTS[@]}" "model.eval_module=$head"
+done
 
-step "drawing predictions on the validation images -> $WORK/predictions"
+step "drawing predictions (right) beside the ground truth (left) -> $WORK/predictions"
 "$PY" tools/infer.py "$DATA/val" "$CONFIG" "$CKPT" --out-dir "$WORK/predictions" \
-  --score-thr 0.3
+  --score-thr 0.3 --min-side 512 --gt-ann "$DATA/annotations/instances_val.json" \
+  --contact-sheet "$WORK/predictions.png" --sheet-size 16
 
 step "plotting loss and val mAP -> $WORK/curves.png"
 "$PY" tools/analysis_tools/plot_curves.py "$WORK" --out "$WORK/curves.png"
 
-step "done: $WORK/metrics.json, $CKPT, $WORK/predictions/, $WORK/curves.png"
-cat "$WORK/metrics.json"
+ELAPSED=$(( $(date +%s) - START ))
+"$PY" - "$WORK" "$ELAPSED" <<'EOF'
+import json, sys
+from pathlib import Path
+work, elapsed = Path(sys.argv[1]), int(sys.argv[2])
+summary = {'seconds': elapsed}
+for name, file in (('query head (Co-DETR)', 'metrics.json'),
+                   ('aux Faster R-CNN (two-stage)', 'metrics_two-stage.json'),
+                   ('aux ATSS (one-stage)', 'metrics_one-stage.json')):
+    m = json.loads((work / file).read_text())
+    summary[name] = {k: m[f'coco/bbox_{k}'] for k in ('mAP', 'mAP_50', 'mAP_75')}
+    print(f'{name:30s} mAP {m["coco/bbox_mAP"]:.3f}  mAP@50 {m["coco/bbox_mAP_50"]:.3f}')
+(work / 'summary.json').write_text(json.dumps(summary, indent=1) + '\n')
+print(f'demo took {elapsed // 60} min {elapsed % 60} s; {work}/summary.json')
+EOF
+step "done: $WORK/summary.json, $CKPT, $WORK/predictions.png, $WORK/predictions/, $WORK/curves.png"

@@ -10,6 +10,14 @@ Writes one visualised PNG per image (boxes, class names, scores) and ``detection
 with, per image: ``file``, ``width``, ``height``, ``bboxes`` (``[x1, y1, x2, y2]`` in input-image
 pixels), ``scores``, ``labels`` (0-based) and ``class_names``; only detections with
 ``score >= --score-thr`` are kept.
+
+For small images (e.g. the synthetic 128 px ones) ``--min-side 512`` upscales the drawings so
+names and scores stay legible, ``--gt-ann instances_val.json`` draws the ground truth beside each
+prediction, and ``--contact-sheet sheet.png`` writes a grid of the first ``--sheet-size``
+drawings::
+
+    python tools/infer.py data/synthetic/val CONFIG CKPT --out-dir out/ --min-side 512 \
+        --gt-ann data/synthetic/annotations/instances_val.json --contact-sheet out/sheet.png
 """
 
 from __future__ import annotations
@@ -43,9 +51,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='keep detections with at least this score')
     parser.add_argument('--device', default=None,
                         help='e.g. cpu or cuda:0 (default: cuda:0 if available, else cpu)')
+    parser.add_argument('--min-side', type=int, default=0,
+                        help='upscale each drawing so that its shorter side is at least this '
+                             'many pixels (boxes and text scale along; JSON boxes do not)')
+    parser.add_argument('--gt-ann', default=None,
+                        help='COCO annotation file: draw the ground truth of each image (found '
+                             'by file name) to the left of its prediction')
+    parser.add_argument('--contact-sheet', default=None, metavar='PNG',
+                        help='also write a grid of the first --sheet-size drawings to this file')
+    parser.add_argument('--sheet-size', type=int, default=16,
+                        help='number of drawings in the contact sheet')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value pairs')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.min_side < 0 or args.sheet_size < 1:
+        parser.error(f'--min-side {args.min_side} / --sheet-size {args.sheet_size}: expected '
+                     '--min-side >= 0 and --sheet-size >= 1')
+    return args
 
 
 def list_images(path: str | Path) -> list[Path]:
@@ -78,6 +100,105 @@ def _backend_model(cfg, onnx_file: str, backend: str):
     metainfo = cfg.test_dataloader.dataset.get('metainfo') or CocoDataset.METAINFO
     model.dataset_meta = dict(classes=tuple(metainfo['classes']))
     return model.eval()
+
+
+def load_ground_truth(ann_file: str | Path, classes: Sequence[str]) -> dict:
+    """Ground-truth boxes per image file name: ``{name: (bboxes xyxy, labels)}``.
+
+    Category ids are mapped to label indices through the category *names*, which must be among
+    ``classes`` (the model's); crowd annotations are skipped.
+
+    Raises:
+        FileNotFoundError: If ``ann_file`` does not exist.
+        ValueError: If a category name is not one of ``classes``.
+    """
+    ann_file = Path(ann_file)
+    if not ann_file.is_file():
+        raise FileNotFoundError(f'--gt-ann {str(ann_file)!r} does not exist')
+    coco = json.loads(ann_file.read_text())
+    label_of = {}
+    for cat in coco.get('categories', []):
+        if cat['name'] not in classes:
+            raise ValueError(f'{ann_file}: category {cat["name"]!r} (id {cat["id"]}) is not '
+                             f'one of the model\'s classes {tuple(classes)}')
+        label_of[cat['id']] = list(classes).index(cat['name'])
+    boxes = {img['id']: ([], []) for img in coco['images']}
+    for ann in coco.get('annotations', []):
+        if ann.get('iscrowd', 0) or ann['image_id'] not in boxes:
+            continue
+        x, y, w, h = ann['bbox']
+        boxes[ann['image_id']][0].append([x, y, x + w, y + h])
+        boxes[ann['image_id']][1].append(label_of[ann['category_id']])
+    return {Path(img['file_name']).name: boxes[img['id']] for img in coco['images']}
+
+
+def draw_detections(visualizer, image, result, out_file: Path, score_thr: float,
+                    min_side: int = 0, gt: tuple | None = None) -> None:
+    """Draw ``result``'s predictions (and ``gt`` beside them) upscaled to ``min_side``.
+
+    Args:
+        visualizer: mmdet ``DetLocalVisualizer`` with ``dataset_meta`` set.
+        image: RGB image as read.
+        result: ``DetDataSample`` with ``pred_instances`` in image pixels.
+        out_file: PNG to write.
+        score_thr: Predictions below this score are not drawn.
+        min_side: Upscale so that the shorter side is at least this (0: as is).
+        gt: ``(bboxes xyxy, labels)`` lists to draw on the left, or None.
+    """
+    import cv2
+    import torch
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+
+    scale = max(1.0, min_side / min(image.shape[:2])) if min_side else 1.0
+    sample = DetDataSample()
+    pred = result.pred_instances
+    sample.pred_instances = InstanceData(bboxes=pred.bboxes.detach().cpu() * scale,
+                                         scores=pred.scores.detach().cpu(),
+                                         labels=pred.labels.detach().cpu())
+    if gt is not None:
+        bboxes = torch.tensor(gt[0], dtype=torch.float32).reshape(-1, 4) * scale
+        sample.gt_instances = InstanceData(bboxes=bboxes,
+                                           labels=torch.tensor(gt[1], dtype=torch.long))
+    if scale > 1.0:
+        size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
+    visualizer.add_datasample(out_file.stem, image, sample, draw_gt=gt is not None,
+                              show=False, pred_score_thr=score_thr, out_file=str(out_file))
+
+
+def write_contact_sheet(pngs: Sequence[Path], out_file: str | Path, tile: int = 384) -> Path:
+    """Tile drawings into a near-square grid (each fitted into ``tile`` px high cells).
+
+    Raises:
+        ValueError: If ``pngs`` is empty.
+    """
+    import math
+
+    import cv2
+    import numpy as np
+    if not pngs:
+        raise ValueError('no drawings for the contact sheet')
+    tiles = []
+    for png in pngs:
+        img = cv2.imread(str(png))
+        if img is None:
+            raise OSError(f'could not read drawing {png}')
+        scale = tile / img.shape[0]
+        tiles.append(cv2.resize(img, (round(img.shape[1] * scale), tile),
+                                interpolation=cv2.INTER_AREA))
+    width = max(t.shape[1] for t in tiles)
+    cols = math.ceil(math.sqrt(len(tiles)))
+    rows = math.ceil(len(tiles) / cols)
+    sheet = np.full((rows * (tile + 8) + 8, cols * (width + 8) + 8, 3), 255, np.uint8)
+    for i, t in enumerate(tiles):
+        y, x = 8 + (i // cols) * (tile + 8), 8 + (i % cols) * (width + 8)
+        sheet[y:y + tile, x:x + t.shape[1]] = t
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out_file), sheet):
+        raise OSError(f'could not write contact sheet {out_file}')
+    return out_file
 
 
 def _to_json(output: dict) -> str:
@@ -121,9 +242,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     visualizer = VISUALIZERS.build(dict(cfg.visualizer, vis_backends=None))
     visualizer.dataset_meta = model.dataset_meta
 
+    ground_truth = load_ground_truth(args.gt_ann, classes) if args.gt_ann else None
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = []
+    records, drawings = [], []
     for image_path in images:
         result = inference_detector(model, str(image_path))
         pred = result.pred_instances
@@ -138,9 +260,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
             scores=[round(s, 4) for s in scores], labels=labels,
             class_names=[classes[i] if i < len(classes) else str(i) for i in labels]))
         image = mmcv.imread(str(image_path), channel_order='rgb')
-        visualizer.add_datasample(
-            image_path.stem, image, result, draw_gt=False, show=False,
-            pred_score_thr=args.score_thr, out_file=str(out_dir / f'{image_path.stem}.png'))
+        gt = None
+        if ground_truth is not None:
+            gt = ground_truth.get(image_path.name, ([], []))
+        drawings.append(out_dir / f'{image_path.stem}.png')
+        draw_detections(visualizer, image, result, drawings[-1], args.score_thr,
+                        min_side=args.min_side, gt=gt)
         print(f'{image_path}: {len(scores)} detections (score >= {args.score_thr})')
 
     output = dict(config=str(args.config), checkpoint=str(args.checkpoint),
@@ -148,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     json_path = out_dir / 'detections.json'
     json_path.write_text(_to_json(output))
     print(f'wrote {len(records)} visualisations and {json_path}')
+    if args.contact_sheet:
+        sheet = write_contact_sheet(drawings[:args.sheet_size], args.contact_sheet)
+        print(f'wrote the contact sheet {sheet}')
     return output
 
 

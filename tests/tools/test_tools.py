@@ -21,6 +21,7 @@ import pytest
 from mmengine.config import Config
 
 from tools.misc.generate_synthetic_coco import SYNTHETIC_CLASSES, generate_split
+from tools.misc.generate_synthetic_coco import main as generate_main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = REPO_ROOT / 'tests' / 'configs' / 'tiny_atss_synthetic.py'
@@ -126,6 +127,34 @@ def test_generator_annotations_are_valid(tmp_path: Path) -> None:
     assert len({a['id'] for a in coco['annotations']}) == len(coco['annotations'])
 
 
+def test_generator_object_sizes_and_reuse(tmp_path: Path, capsys) -> None:
+    """--min-size/--max-size bound the shapes; --reuse keeps a split made with the same
+    arguments and regenerates it when any argument changes."""
+    args = ['--out-dir', str(tmp_path), '--num-train', '30', '--num-val', '4', '--img-size',
+            '128', '--min-size', '24', '--max-size', '40', '--min-visible', '0.9', '--reuse']
+    generate_main(args)
+    assert capsys.readouterr().out.count(' generated -> ') == 2
+    ann_file = tmp_path / 'annotations' / 'instances_train.json'
+    coco = json.loads(ann_file.read_text())
+    assert coco['info']['generator']['min_size'] == 24
+    sides = sorted(max(a['bbox'][2:]) for a in coco['annotations'])
+    # size = sqrt(w*h) in [24, 40], w/h in [0.5, 2] -> longest side in [24, 57] (+ rotation),
+    # at most 10 % hidden; the default generator draws shapes from 8 px
+    assert len(sides) > 20 and sides[0] >= 20 and sides[-1] <= 64
+    mtime = ann_file.stat().st_mtime_ns
+    generate_main(args)
+    assert capsys.readouterr().out.count(' reused -> ') == 2
+    assert ann_file.stat().st_mtime_ns == mtime
+    (tmp_path / 'train' / '000003.png').unlink()  # an image missing: regenerated
+    generate_main(args[:-1] + ['--max-size', '48', '--reuse'])
+    out = capsys.readouterr().out
+    assert 'train: 30 images' in out and out.count(' generated -> ') == 2
+    assert json.loads(ann_file.read_text())['info']['generator']['max_size'] == 48
+    assert (tmp_path / 'train' / '000003.png').is_file()
+    with pytest.raises(ValueError, match='min_size=70'):
+        generate_split(tmp_path / 'bad', 'val', 2, img_size=128, min_size=70)
+
+
 def test_config_classes_match_generator() -> None:
     cfg = Config.fromfile(str(CONFIG))
     assert tuple(cfg.train_dataloader.dataset.metainfo.classes) == SYNTHETIC_CLASSES
@@ -219,6 +248,32 @@ def test_infer_writes_png_and_json(trained: Path, data_root: Path, tmp_path: Pat
     assert png.shape[:2] == (64, 64)
 
 
+def test_infer_upscales_draws_ground_truth_and_contact_sheet(trained: Path, data_root: Path,
+                                                            tmp_path: Path) -> None:
+    out_dir = tmp_path / 'infer'
+    _run([sys.executable, 'tools/infer.py', data_root / 'val', CONFIG, trained / 'iter_4.pth',
+          '--out-dir', out_dir, '--score-thr', '0.0', '--min-side', '256', '--gt-ann',
+          data_root / 'annotations' / 'instances_val.json', '--contact-sheet',
+          out_dir / 'sheet.png', '--sheet-size', '4'])
+    png = cv2.imread(str(out_dir / '000000.png'))
+    assert png.shape[:2] == (256, 512)  # 64 px upscaled x4, ground truth | prediction
+    # the ground-truth half is the upscaled image with the annotated boxes drawn on it
+    coco = json.loads((data_root / 'annotations' / 'instances_val.json').read_text())
+    image = next(i for i in coco['images'] if i['file_name'] == '000000.png')
+    gt = [a['bbox'] for a in coco['annotations'] if a['image_id'] == image['id']]
+    assert gt, 'val image 000000 has objects'
+    raw = cv2.resize(cv2.imread(str(data_root / 'val' / '000000.png')), (256, 256),
+                     interpolation=cv2.INTER_CUBIC)
+    changed = np.abs(png[:, :256].astype(int) - raw.astype(int)).max(axis=2) > 40
+    x, y, w, h = (round(v * 4) for v in gt[0])
+    assert changed[y:y + 3, x:x + w].mean() > 0.5  # the top edge of the first box
+    sheet = cv2.imread(str(out_dir / 'sheet.png'))
+    # 4 drawings in a 2 x 2 grid of 384 px high tiles with 8 px gutters
+    assert sheet.shape[:2] == (2 * 392 + 8, 2 * (768 + 8) + 8)
+    json_boxes = json.loads((out_dir / 'detections.json').read_text())['images'][0]['bboxes']
+    assert all(max(b) <= 64 for b in json_boxes)  # JSON stays in input-image pixels
+
+
 def test_browse_dataset_saves_pngs(data_root: Path, tmp_path: Path) -> None:
     out_dir = tmp_path / 'browse'
     _run([sys.executable, 'tools/misc/browse_dataset.py', CONFIG, '--output-dir', out_dir,
@@ -279,8 +334,9 @@ def _codetr_options(data_root: Path) -> list[str]:
     for split in ('train', 'val', 'test'):
         opts += [f'{split}_dataloader.num_workers=0',
                  f'{split}_dataloader.persistent_workers=False']
-    return opts + ['train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
-                   'default_hooks.checkpoint.interval=1', 'default_hooks.logger.interval=1']
+    return opts + ['train_dataloader.batch_size=8', 'train_cfg.max_epochs=1',
+                   'train_cfg.val_interval=1', 'default_hooks.checkpoint.interval=1',
+                   'default_hooks.logger.interval=1']
 
 
 @pytest.fixture(scope='module')

@@ -164,8 +164,8 @@ def _tight_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 def render_scene(rng: np.random.Generator, img_size: int, num_objects: int,
-                 min_visible: float = 0.4, noise_std: float = 8.0
-                 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+                 min_visible: float = 0.4, noise_std: float = 8.0, min_size: float = 8.0,
+                 max_size: float | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Render one synthetic scene and its annotations.
 
     Args:
@@ -174,6 +174,8 @@ def render_scene(rng: np.random.Generator, img_size: int, num_objects: int,
         num_objects: Number of objects to try to place; fewer may fit.
         min_visible: Minimum visible fraction of every annotated object after occlusion.
         noise_std: Upper bound of the per-image Gaussian pixel-noise standard deviation.
+        min_size: Smallest object size ``sqrt(w * h)`` before rotation, in pixels.
+        max_size: Largest object size in pixels; None for half the image side (the cap).
 
     Returns:
         tuple: ``image`` ``(H, W, 3)`` uint8 BGR, and a list of annotations with keys
@@ -184,13 +186,17 @@ def render_scene(rng: np.random.Generator, img_size: int, num_objects: int,
     img_hw = (img_size, img_size)
     img = _background(rng, img_hw)
     max_side = img_size / 2
+    max_size = max_side if max_size is None else min(max_size, max_side)
+    if not 0 < min_size <= max_size:
+        raise ValueError(f'object sizes min_size={min_size}, max_size={max_size}: expected '
+                         f'0 < min_size <= max_size <= half the image side ({max_side})')
     masks: list[np.ndarray] = []  # full drawn mask per placed object
     visible: list[np.ndarray] = []  # pixels still visible per placed object
     labels: list[int] = []
     for _ in range(num_objects):
         for _attempt in range(15):
             label = int(rng.integers(len(SYNTHETIC_CLASSES)))
-            size = math.exp(rng.uniform(math.log(8), math.log(max_side)))  # sqrt(w * h)
+            size = math.exp(rng.uniform(math.log(min_size), math.log(max_size)))  # sqrt(w * h)
             ratio = math.exp(rng.uniform(math.log(0.5), math.log(2.0)))  # w / h
             half_wh = np.clip([size * math.sqrt(ratio), size / math.sqrt(ratio)],
                               _MIN_SIDE, max_side) / 2
@@ -239,9 +245,38 @@ def render_scene(rng: np.random.Generator, img_size: int, num_objects: int,
     return image, anns
 
 
+def _generator_params(num_images, img_size, seed, max_objects, empty_ratio, ext, min_size,
+                      max_size, min_visible) -> dict[str, Any]:
+    """The arguments a split was generated with (stored in its ``info.generator``)."""
+    return dict(num_images=num_images, img_size=img_size, seed=seed, max_objects=max_objects,
+                empty_ratio=empty_ratio, ext=ext, min_size=min_size, max_size=max_size,
+                min_visible=min_visible)
+
+
+def existing_split_matches(out_dir: str | Path, split: str, num_images: int,
+                           img_size: int = 128, seed: int = 0, max_objects: int = 6,
+                           empty_ratio: float = 0.1, ext: str = 'png', min_size: float = 8.0,
+                           max_size: float | None = None, min_visible: float = 0.4) -> bool:
+    """Whether ``out_dir`` already holds this split generated with exactly these arguments
+    (its annotation file's ``info.generator``) and all of its images."""
+    ann_file = Path(out_dir) / 'annotations' / f'instances_{split}.json'
+    if not ann_file.is_file():
+        return False
+    try:
+        coco = json.loads(ann_file.read_text())
+    except json.JSONDecodeError:
+        return False
+    wanted = _generator_params(num_images, img_size, seed, max_objects, empty_ratio, ext,
+                               min_size, max_size, min_visible)
+    if coco.get('info', {}).get('generator') != wanted:
+        return False
+    return all((Path(out_dir) / split / img['file_name']).is_file() for img in coco['images'])
+
+
 def generate_split(out_dir: str | Path, split: str, num_images: int, img_size: int = 128,
                    seed: int = 0, max_objects: int = 6, empty_ratio: float = 0.1,
-                   ext: str = 'png') -> Path:
+                   ext: str = 'png', min_size: float = 8.0, max_size: float | None = None,
+                   min_visible: float = 0.4) -> Path:
     """Write the images and the COCO annotation file of one split.
 
     Args:
@@ -253,6 +288,8 @@ def generate_split(out_dir: str | Path, split: str, num_images: int, img_size: i
         max_objects: Maximum number of objects per non-empty image.
         empty_ratio: Share of images without any object (rounded to a whole count).
         ext: Image extension, ``'png'`` (lossless) or ``'jpg'``.
+        min_size, max_size, min_visible: Object sizes and occlusion limit, see
+            :func:`render_scene`.
 
     Returns:
         Path: The written ``annotations/instances_{split}.json``.
@@ -275,7 +312,8 @@ def generate_split(out_dir: str | Path, split: str, num_images: int, img_size: i
     for idx in range(num_images):
         rng = np.random.default_rng([seed, _SPLIT_IDS[split], idx])
         num_objects = 0 if idx in empty else int(rng.integers(1, max_objects + 1))
-        image, anns = render_scene(rng, img_size, num_objects)
+        image, anns = render_scene(rng, img_size, num_objects, min_visible=min_visible,
+                                   min_size=min_size, max_size=max_size)
         file_name = f'{idx:06d}.{ext}'
         params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext == 'jpg' else []
         if not cv2.imwrite(str(out_dir / split / file_name), image, params):
@@ -287,7 +325,10 @@ def generate_split(out_dir: str | Path, split: str, num_images: int, img_size: i
                 bbox=ann['bbox'], area=ann['area'], segmentation=ann['segmentation'],
                 iscrowd=0))
     coco = dict(
-        info=dict(description=f'synthetic shapes ({split}), seed={seed}', version='1.0'),
+        info=dict(description=f'synthetic shapes ({split}), seed={seed}', version='1.0',
+                  generator=_generator_params(num_images, img_size, seed, max_objects,
+                                              empty_ratio, ext, min_size, max_size,
+                                              min_visible)),
         licenses=[],
         images=images,
         annotations=annotations,
@@ -301,15 +342,17 @@ def generate_split(out_dir: str | Path, split: str, num_images: int, img_size: i
 def generate_synthetic_coco(out_dir: str | Path = DEFAULT_OUT_DIR, num_train: int = 200,
                             num_val: int = 50, img_size: int = 128, seed: int = 0,
                             max_objects: int = 6, empty_ratio: float = 0.1,
-                            ext: str = 'png') -> dict[str, Path]:
-    """Write the train and val splits; see :func:`generate_split` for the arguments.
+                            ext: str = 'png', **scene: float | None) -> dict[str, Path]:
+    """Write the train and val splits; see :func:`generate_split` for the arguments
+    (``scene``: its ``min_size``, ``max_size`` and ``min_visible``).
 
     Returns:
         dict[str, Path]: Annotation file per split name.
     """
     return {
         split: generate_split(out_dir, split, num, img_size=img_size, seed=seed,
-                              max_objects=max_objects, empty_ratio=empty_ratio, ext=ext)
+                              max_objects=max_objects, empty_ratio=empty_ratio, ext=ext,
+                              **scene)
         for split, num in (('train', num_train), ('val', num_val))
     }
 
@@ -326,20 +369,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--empty-ratio', type=float, default=0.1,
                         help='share of images without objects')
     parser.add_argument('--ext', choices=('png', 'jpg'), default='png', help='image format')
+    parser.add_argument('--min-size', type=float, default=8.0,
+                        help='smallest object size sqrt(w*h) in px')
+    parser.add_argument('--max-size', type=float, default=None,
+                        help='largest object size in px (default and cap: half the image side)')
+    parser.add_argument('--min-visible', type=float, default=0.4,
+                        help='minimum visible fraction of an occluded object')
+    parser.add_argument('--reuse', action='store_true',
+                        help='keep a split that OUT_DIR already holds with these exact arguments')
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point."""
     args = parse_args(argv)
-    files = generate_synthetic_coco(
-        args.out_dir, num_train=args.num_train, num_val=args.num_val, img_size=args.img_size,
-        seed=args.seed, max_objects=args.max_objects, empty_ratio=args.empty_ratio,
-        ext=args.ext)
-    for split, ann_file in files.items():
+    scene = dict(img_size=args.img_size, seed=args.seed, max_objects=args.max_objects,
+                 empty_ratio=args.empty_ratio, ext=args.ext, min_size=args.min_size,
+                 max_size=args.max_size, min_visible=args.min_visible)
+    for split, num in (('train', args.num_train), ('val', args.num_val)):
+        if args.reuse and existing_split_matches(args.out_dir, split, num, **scene):
+            ann_file = Path(args.out_dir) / 'annotations' / f'instances_{split}.json'
+            action = 'reused'
+        else:
+            ann_file = generate_split(args.out_dir, split, num, **scene)
+            action = 'generated'
         data = json.loads(ann_file.read_text())
         print(f'{split}: {len(data["images"])} images, {len(data["annotations"])} boxes '
-              f'-> {ann_file}')
+              f'{action} -> {ann_file}')
 
 
 if __name__ == '__main__':
