@@ -56,7 +56,7 @@ done
 
 step "drawing predictions (right) beside the ground truth (left) -> $WORK/predictions"
 "$PY" tools/infer.py "$DATA/val" "$CONFIG" "$CKPT" --out-dir "$WORK/predictions" \
-  --score-thr 0.3 --min-side 512 --gt-ann "$DATA/annotations/instances_val.json" \
+  --score-thr 0.3 --min-side 1024 --gt-ann "$DATA/annotations/instances_val.json" \
   --contact-sheet "$WORK/predictions.png" --sheet-size 16
 
 step "plotting loss and val mAP -> $WORK/curves.png"

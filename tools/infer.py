@@ -11,12 +11,13 @@ with, per image: ``file``, ``width``, ``height``, ``bboxes`` (``[x1, y1, x2, y2]
 pixels), ``scores``, ``labels`` (0-based) and ``class_names``; only detections with
 ``score >= --score-thr`` are kept.
 
-For small images (e.g. the synthetic 128 px ones) ``--min-side 512`` upscales the drawings so
-names and scores stay legible, ``--gt-ann instances_val.json`` draws the ground truth beside each
+For small images (e.g. the synthetic 128 px ones) ``--min-side 1024`` upscales the drawings so
+names and scores stay legible (mmdet's visualiser draws 13 px labels on boxes of at least
+30000 px² and 6 px ones below), ``--gt-ann instances_val.json`` draws the ground truth beside each
 prediction, and ``--contact-sheet sheet.png`` writes a grid of the first ``--sheet-size``
 drawings::
 
-    python tools/infer.py data/synthetic/val CONFIG CKPT --out-dir out/ --min-side 512 \
+    python tools/infer.py data/synthetic/val CONFIG CKPT --out-dir out/ --min-side 1024 \
         --gt-ann data/synthetic/annotations/instances_val.json --contact-sheet out/sheet.png
 """
 
@@ -61,12 +62,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='also write a grid of the first --sheet-size drawings to this file')
     parser.add_argument('--sheet-size', type=int, default=16,
                         help='number of drawings in the contact sheet')
+    parser.add_argument('--sheet-tile', type=int, default=512,
+                        help='height in pixels of each drawing in the contact sheet')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value pairs')
     args = parser.parse_args(argv)
-    if args.min_side < 0 or args.sheet_size < 1:
-        parser.error(f'--min-side {args.min_side} / --sheet-size {args.sheet_size}: expected '
-                     '--min-side >= 0 and --sheet-size >= 1')
+    if args.min_side < 0 or args.sheet_size < 1 or args.sheet_tile < 16:
+        parser.error(f'--min-side {args.min_side} / --sheet-size {args.sheet_size} / '
+                     f'--sheet-tile {args.sheet_tile}: expected --min-side >= 0, --sheet-size '
+                     '>= 1 and --sheet-tile >= 16')
     return args
 
 
@@ -167,7 +171,7 @@ def draw_detections(visualizer, image, result, out_file: Path, score_thr: float,
                               show=False, pred_score_thr=score_thr, out_file=str(out_file))
 
 
-def write_contact_sheet(pngs: Sequence[Path], out_file: str | Path, tile: int = 384) -> Path:
+def write_contact_sheet(pngs: Sequence[Path], out_file: str | Path, tile: int = 512) -> Path:
     """Tile drawings into a near-square grid (each fitted into ``tile`` px high cells).
 
     Raises:
@@ -274,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     json_path.write_text(_to_json(output))
     print(f'wrote {len(records)} visualisations and {json_path}')
     if args.contact_sheet:
-        sheet = write_contact_sheet(drawings[:args.sheet_size], args.contact_sheet)
+        sheet = write_contact_sheet(drawings[:args.sheet_size], args.contact_sheet,
+                                    tile=args.sheet_tile)
         print(f'wrote the contact sheet {sheet}')
     return output
 

@@ -125,3 +125,19 @@ def test_cli_converts_official_and_port_tiny_checkpoints(tmp_path, capsys):
     assert not any(k.startswith(('rpn_head', 'roi_head', 'bbox_head')) or 'aux_pos' in k
                    for k in keys)
     assert 'query_head.dn_query_generator.label_embedding.weight' in keys
+
+
+def test_swin_l_config_backbone_matches_the_port_listing():
+    """The Swin-L config's backbone at full depth ([2, 2, 18, 2]) has exactly the port's
+    backbone keys and shapes (the config matrix trains it with a shortened third stage)."""
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    cfg = Config.fromfile(str(ROOT / 'configs' / 'co_dino_5scale_swin_l_1x_coco.py'))
+    backbone_cfg = dict(cfg.model.backbone, init_cfg=None)
+    assert list(backbone_cfg['depths']) == [2, 2, 18, 2]
+    backbone = MODELS.build(backbone_cfg)
+    listing = {k[len('backbone.'):]: shape for k, (shape, _) in
+               read_listing('mmdet3_port_keys_co_dino_swin_l.txt').items()
+               if k.startswith('backbone.')}
+    built = {k: tuple(v.shape) for k, v in backbone.state_dict().items()}
+    assert built == listing

@@ -35,7 +35,10 @@ def test_load_from_other_class_count_reinitialises_only_class_layers(tmp_path, l
     source = build_model(TINY_CFG, seed=1)  # 80 classes (COCO)
     ckpt_path = tmp_path / 'coco80.pth'
     torch.save(dict(meta={}, state_dict=source.state_dict()), ckpt_path)
-    target = build_model(load_cfg(SYNTHETIC_CFG), seed=2)  # 6 classes
+    cfg = load_cfg(SYNTHETIC_CFG)  # 6 classes; same backbone and neck widths as the source
+    tiny = load_cfg(TINY_CFG)
+    cfg.model.backbone, cfg.model.neck = tiny.model.backbone, tiny.model.neck
+    target = build_model(cfg, seed=2)
     init = {k: v.clone() for k, v in target.state_dict().items()}
 
     checkpoint = _load(ckpt_path)

@@ -66,3 +66,31 @@ def test_skip_train_writes_table_json_and_plot(tmp_path: Path, monkeypatch) -> N
     assert saved['taken'] == {'co_detr/1': str(tmp_path / 'demo')}
     with pytest.raises(SystemExit):  # a seed that is not run
         cab.main(['--seeds', '0', '--skip-train', '--take-run', 'co_detr', '3', 'demo'])
+    # seeds without a finished run are left out of the table, an arm without any is an error
+    result = cab.main(['--out-dir', 'out', '--seeds', '0', '1', '2', '--skip-train'])
+    assert [r['n'] for r in result['aggregate']['baseline']] == [2]
+    assert [r['n'] for r in result['aggregate']['co_detr']] == [1]
+    with pytest.raises(SystemExit, match='atss_only: no finished run'):
+        cab.main(['--out-dir', 'out', '--arms', 'atss_only', '--skip-train'])
+    ann = tmp_path / 'data' / 'annotations' / 'instances_val.json'
+    ann.parent.mkdir(parents=True)
+    ann.write_text('{}')
+    with pytest.raises(SystemExit, match='already holds a run'):  # never trains over a run
+        cab.main(['--out-dir', 'out', '--arms', 'baseline', '--seeds', '0',
+                  '--data-root', str(tmp_path / 'data')])
+
+
+def test_variant_arms_change_only_the_model(tmp_path: Path) -> None:
+    from mmengine.config import Config
+    base = Config.fromfile(str(cab.arm_config('co_detr', tmp_path)))
+    assert cab.arm_config('co_detr', tmp_path) == cab.ROOT / cab.SYNTHETIC
+    no_pos = Config.fromfile(str(cab.arm_config('no_pos_coord', tmp_path)))
+    assert base.model.with_pos_coord and not no_pos.model.with_pos_coord
+    atss = Config.fromfile(str(cab.arm_config('atss_only', tmp_path)))
+    assert atss.model.rpn_head is None and atss.model.roi_head is None
+    assert atss.model.query_head.num_co_heads == 1
+    assert [c.get('assigner', {}).get('type') for c in atss.model.train_cfg] == [
+        base.model.train_cfg[0].get('assigner', {}).get('type'), 'ATSSAssigner']
+    for cfg in (no_pos, atss):  # same data, schedule and optimiser as the shipped arm
+        for key in ('train_dataloader', 'train_cfg', 'optim_wrapper', 'param_scheduler'):
+            assert cfg[key] == base[key], key

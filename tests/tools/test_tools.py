@@ -153,6 +153,8 @@ def test_generator_object_sizes_and_reuse(tmp_path: Path, capsys) -> None:
     assert (tmp_path / 'train' / '000003.png').is_file()
     with pytest.raises(ValueError, match='min_size=70'):
         generate_split(tmp_path / 'bad', 'val', 2, img_size=128, min_size=70)
+    with pytest.raises(ValueError, match='min_visible=1.5'):
+        generate_split(tmp_path / 'bad', 'val', 2, img_size=128, min_visible=1.5)
 
 
 def test_config_classes_match_generator() -> None:
@@ -254,15 +256,16 @@ def test_infer_upscales_draws_ground_truth_and_contact_sheet(trained: Path, data
     _run([sys.executable, 'tools/infer.py', data_root / 'val', CONFIG, trained / 'iter_4.pth',
           '--out-dir', out_dir, '--score-thr', '0.0', '--min-side', '256', '--gt-ann',
           data_root / 'annotations' / 'instances_val.json', '--contact-sheet',
-          out_dir / 'sheet.png', '--sheet-size', '4'])
+          out_dir / 'sheet.png', '--sheet-size', '4', '--sheet-tile', '384'])
     png = cv2.imread(str(out_dir / '000000.png'))
     assert png.shape[:2] == (256, 512)  # 64 px upscaled x4, ground truth | prediction
     # the ground-truth half is the upscaled image with the annotated boxes drawn on it
     coco = json.loads((data_root / 'annotations' / 'instances_val.json').read_text())
-    image = next(i for i in coco['images'] if i['file_name'] == '000000.png')
+    image = next(i for i in coco['images']
+                 if any(a['image_id'] == i['id'] for a in coco['annotations']))
     gt = [a['bbox'] for a in coco['annotations'] if a['image_id'] == image['id']]
-    assert gt, 'val image 000000 has objects'
-    raw = cv2.resize(cv2.imread(str(data_root / 'val' / '000000.png')), (256, 256),
+    png = cv2.imread(str(out_dir / image['file_name']))
+    raw = cv2.resize(cv2.imread(str(data_root / 'val' / image['file_name'])), (256, 256),
                      interpolation=cv2.INTER_CUBIC)
     changed = np.abs(png[:, :256].astype(int) - raw.astype(int)).max(axis=2) > 40
     x, y, w, h = (round(v * 4) for v in gt[0])
@@ -393,7 +396,8 @@ def test_codetr_dist_train_two_cpu_processes(data_root: Path, tmp_path: Path) ->
     """DDP over gloo with every auxiliary head: no unused parameters, same iterations."""
     work_dir = tmp_path / 'dist'
     _run(['bash', 'tools/dist_train.sh', CODETR_SYNTHETIC, '2', '--work-dir', work_dir,
-          *_codetr_options(data_root), 'train_cfg.val_interval=2'],
+          *_codetr_options(data_root), 'train_dataloader.batch_size=4',
+          'train_cfg.val_interval=2'],
          threads=1, dist=True)
     assert (work_dir / 'epoch_1.pth').is_file()
     log = next(work_dir.glob('*/*.log')).read_text()

@@ -14,6 +14,8 @@ hyper-parameters; only the seed and the arm's own model change), then writes
     python tools/analysis_tools/compare_aux_budget.py --seeds 0 1 2 --skip-train  # tabulate only
     # seed 0 of Co-DETR is make demo's run (same config, data and seed): take it as it is
     python tools/analysis_tools/compare_aux_budget.py --take-run co_detr 0 work_dirs/demo
+    # the paper's ablations: aux heads without aux queries, K=1 (ATSS only)
+    python tools/analysis_tools/compare_aux_budget.py --arms no_pos_coord atss_only --seeds 0 1
 
 Training seconds are the logged iteration times summed over the iterations (validation and
 checkpointing excluded), so the two arms' costs compare on the same footing. The paper's claim
@@ -32,11 +34,35 @@ from typing import Dict, List, Sequence
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: arm key -> (label, config). Both configs share data, schedule and optimiser settings.
+SYNTHETIC = 'configs/co_deformable_detr_synthetic.py'
+
+#: arm key -> (label, config, override). Every arm shares data, schedule and optimiser settings;
+#: an override (config text appended to ``_base_ = config``) changes only the model. The
+#: variants are the paper's ablations that this CPU can afford (see the README).
 ARMS = {
-    'co_detr': ('Co-DETR (K=2: Faster R-CNN + ATSS)', 'configs/co_deformable_detr_synthetic.py'),
-    'baseline': ('Deformable-DETR++ (no aux)', 'configs/deformable_detr_pp_synthetic.py'),
+    'co_detr': ('Co-DETR (K=2: Faster R-CNN + ATSS)', SYNTHETIC, ''),
+    'baseline': ('Deformable-DETR++ (no aux)', 'configs/deformable_detr_pp_synthetic.py', ''),
+    'no_pos_coord': ('Co-DETR, aux heads without aux queries', SYNTHETIC,
+                     'model = dict(with_pos_coord=False)\n'),
+    'atss_only': ('Co-DETR (K=1: ATSS)', SYNTHETIC,
+                  'model = dict(rpn_head=None, roi_head=None, query_head=dict(num_co_heads=1),\n'
+                  '             train_cfg=[_base_.model.train_cfg[0],\n'
+                  '                        _base_.model.train_cfg[2]],\n'
+                  '             test_cfg=[_base_.model.test_cfg[0], _base_.model.test_cfg[2]])\n'),
 }
+DEFAULT_ARMS = ['co_detr', 'baseline']
+
+
+def arm_config(arm: str, out_dir: Path) -> Path:
+    """The config file that trains ``arm``: the shipped config itself, or, for a variant, a
+    two-line config inheriting it written to ``out_dir/<arm>/<arm>.py``."""
+    _, config, override = ARMS[arm]
+    if not override:
+        return ROOT / config
+    path = out_dir / arm / f'{arm}.py'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"_base_ = '{ROOT / config}'\n{override}")
+    return path
 
 
 def val_curve(work_dir: Path) -> List[Dict[str, float]]:
@@ -149,12 +175,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--out-dir', default='work_dirs/aux_budget')
     parser.add_argument('--data-root', default='data/synthetic',
                         help='synthetic dataset; generated as make demo does if missing')
-    parser.add_argument('--arms', nargs='+', default=list(ARMS), choices=list(ARMS))
+    parser.add_argument('--arms', nargs='+', default=DEFAULT_ARMS, choices=list(ARMS),
+                        help='arms to train and tabulate (default: %(default)s)')
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     parser.add_argument('--epochs', type=int, default=None,
-                        help='override max_epochs of both arms (default: the configs\')')
+                        help='override max_epochs of every arm (default: the configs\')')
     parser.add_argument('--skip-train', action='store_true',
-                        help='only tabulate and plot finished runs')
+                        help='only tabulate and plot finished runs (seeds without one are '
+                        'left out)')
     parser.add_argument('--take-run', nargs=3, action='append', default=[],
                         metavar=('ARM', 'SEED', 'WORK_DIR'),
                         help='use this finished run (same config, data and seed) for ARM/SEED '
@@ -183,11 +211,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
                        env=dict(os.environ, DATA=str(data)))
     runs: Dict[str, Dict[int, List[Dict[str, float]]]] = {}
     for arm in args.arms:
-        _, config = ARMS[arm]
         runs[arm] = {}
         for seed in args.seeds:
             work_dir = args.taken.get((arm, seed), out_dir / arm / f'seed{seed}')
+            logged = any(Path(work_dir).glob('*/vis_data/scalars.json'))
+            if args.skip_train and not logged:
+                print(f'{arm} seed {seed}: no run in {work_dir}, left out')
+                continue
             if not args.skip_train and (arm, seed) not in args.taken:
+                if logged:
+                    raise SystemExit(f'{work_dir} already holds a run: remove it to train '
+                                     f'{arm} seed {seed} again, or tabulate with --skip-train')
                 options = [f'randomness.seed={seed}',
                            f'train_dataloader.dataset.data_root={data}/',
                            f'val_dataloader.dataset.data_root={data}/',
@@ -196,10 +230,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
                            f'test_evaluator.ann_file={data}/annotations/instances_val.json']
                 if args.epochs:
                     options.append(f'train_cfg.max_epochs={args.epochs}')
-                subprocess.run([py, 'tools/train.py', config, '--work-dir', str(work_dir),
+                subprocess.run([py, 'tools/train.py', str(arm_config(arm, out_dir)),
+                                '--work-dir', str(work_dir),
                                 '--cfg-options', *options],
                                cwd=ROOT, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
             runs[arm][seed] = val_curve(work_dir)
+        if not runs[arm]:
+            raise SystemExit(f'{arm}: no finished run for seeds {args.seeds} under '
+                             f'{out_dir / arm}')
     labels = {arm: ARMS[arm][0] for arm in args.arms}
     agg = {arm: aggregate(per_seed) for arm, per_seed in runs.items()}
     table = markdown_table(agg, labels)
@@ -210,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                           for a, r in runs.items()}, aggregate=agg)
     (out_dir / 'aux_budget.json').write_text(json.dumps(result, indent=1))
     plot(agg, labels, out_dir / 'aux_budget.png',
-         f'Synthetic shapes, {len(args.seeds)} seeds per arm: accuracy per training budget')
+         'Synthetic shapes, mean ± std over seeds (n per arm): accuracy per training budget')
     print(table)
     print(f'wrote {out_dir / "aux_budget.md"}, .json and .png')
     return result

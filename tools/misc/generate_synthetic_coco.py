@@ -302,6 +302,8 @@ def generate_split(out_dir: str | Path, split: str, num_images: int, img_size: i
         raise ValueError(f'img_size={img_size}: expected at least 32 px')
     if not 0.0 <= empty_ratio <= 1.0:
         raise ValueError(f'empty_ratio={empty_ratio}: expected a value in [0, 1]')
+    if not 0.0 <= min_visible <= 1.0:
+        raise ValueError(f'min_visible={min_visible}: expected a value in [0, 1]')
     out_dir = Path(out_dir)
     (out_dir / split).mkdir(parents=True, exist_ok=True)
     (out_dir / 'annotations').mkdir(parents=True, exist_ok=True)
