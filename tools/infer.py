@@ -114,7 +114,8 @@ def load_ground_truth(ann_file: str | Path, classes: Sequence[str]) -> dict:
 
     Raises:
         FileNotFoundError: If ``ann_file`` does not exist.
-        ValueError: If a category name is not one of ``classes``.
+        ValueError: If a category name is not one of ``classes``, or an annotation's
+            ``category_id`` is not among the file's categories.
     """
     ann_file = Path(ann_file)
     if not ann_file.is_file():
@@ -130,6 +131,10 @@ def load_ground_truth(ann_file: str | Path, classes: Sequence[str]) -> dict:
     for ann in coco.get('annotations', []):
         if ann.get('iscrowd', 0) or ann['image_id'] not in boxes:
             continue
+        if ann['category_id'] not in label_of:
+            raise ValueError(f'{ann_file}: annotation {ann.get("id")} has category_id '
+                             f'{ann["category_id"]}, not one of the file\'s categories '
+                             f'{sorted(label_of)}')
         x, y, w, h = ann['bbox']
         boxes[ann['image_id']][0].append([x, y, x + w, y + h])
         boxes[ann['image_id']][1].append(label_of[ann['category_id']])

@@ -277,6 +277,28 @@ def test_infer_upscales_draws_ground_truth_and_contact_sheet(trained: Path, data
     assert all(max(b) <= 64 for b in json_boxes)  # JSON stays in input-image pixels
 
 
+def test_infer_ground_truth_reader(tmp_path: Path) -> None:
+    """xywh -> xyxy, labels through category names, crowd skipped, clear errors."""
+    from tools.infer import load_ground_truth
+    coco = dict(images=[dict(id=7, file_name='sub/a.png'), dict(id=8, file_name='b.png')],
+                categories=[dict(id=3, name='star'), dict(id=9, name='ring')],
+                annotations=[dict(id=1, image_id=7, category_id=9, bbox=[1, 2, 10, 20]),
+                             dict(id=2, image_id=7, category_id=3, bbox=[0, 0, 5, 5],
+                                  iscrowd=1)])
+    ann = tmp_path / 'ann.json'
+    ann.write_text(json.dumps(coco))
+    gt = load_ground_truth(ann, ('ring', 'star'))
+    assert gt == {'a.png': ([[1, 2, 11, 22]], [0]), 'b.png': ([], [])}
+    with pytest.raises(ValueError, match="category 'star' .* not one of the model"):
+        load_ground_truth(ann, ('ring',))
+    coco['annotations'][0]['category_id'] = 4
+    ann.write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match='annotation 1 has category_id 4'):
+        load_ground_truth(ann, ('ring', 'star'))
+    with pytest.raises(FileNotFoundError, match='missing.json'):
+        load_ground_truth(tmp_path / 'missing.json', ('ring',))
+
+
 def test_browse_dataset_saves_pngs(data_root: Path, tmp_path: Path) -> None:
     out_dir = tmp_path / 'browse'
     _run([sys.executable, 'tools/misc/browse_dataset.py', CONFIG, '--output-dir', out_dir,
