@@ -35,7 +35,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from mmengine.config import DictAction  # noqa: E402
 
-from tools.misc.tool_utils import add_backend_argument  # noqa: E402
+from tools.misc.tool_utils import add_backend_argument, check_backend_arguments  # noqa: E402
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -67,6 +67,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value pairs')
     args = parser.parse_args(argv)
+    check_backend_arguments(args)
     if args.min_side < 0 or args.sheet_size < 1 or args.sheet_tile < 16:
         parser.error(f'--min-side {args.min_side} / --sheet-size {args.sheet_size} / '
                      f'--sheet-tile {args.sheet_tile}: expected --min-side >= 0, --sheet-size '
@@ -92,14 +93,14 @@ def list_images(path: str | Path) -> list[Path]:
     return images
 
 
-def _backend_model(cfg, onnx_file: str, backend: str):
+def _backend_model(cfg, onnx_file: str, backend: str, precision: str = 'fp32'):
     """An exported model that mmdet's ``inference_detector`` can drive like a detector."""
     from mmdet.datasets import CocoDataset
     from mmengine.registry import init_default_scope
 
     from projects.codetr.deploy import ONNXBackendDetector
     init_default_scope(cfg.get('default_scope', 'mmdet'))  # as init_detector does
-    model = ONNXBackendDetector(onnx_file, backend=backend)
+    model = ONNXBackendDetector(onnx_file, backend=backend, precision=precision)
     model.cfg = cfg
     metainfo = cfg.test_dataloader.dataset.get('metainfo') or CocoDataset.METAINFO
     model.dataset_meta = dict(classes=tuple(metainfo['classes']))
@@ -231,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from mmdet.apis import inference_detector, init_detector
     from mmdet.registry import VISUALIZERS
 
+    from projects.codetr.deploy import optimize_for_cpu_inference
     from tools.misc.tool_utils import load_config, setup_modules
 
     setup_modules()
@@ -244,8 +246,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     if args.backend == 'pytorch':
         model = init_detector(cfg, args.checkpoint, device=device)
+        if device == 'cpu' and not args.no_cpu_optim:
+            optimize_for_cpu_inference(model)
     else:
-        model = _backend_model(cfg, args.checkpoint, args.backend)
+        model = _backend_model(cfg, args.checkpoint, args.backend, args.precision)
     classes = list(model.dataset_meta.get('classes', ()))
     # Images are written with out_file; no vis backend (they would need a save_dir).
     visualizer = VISUALIZERS.build(dict(cfg.visualizer, vis_backends=None))

@@ -27,7 +27,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from mmengine.config import DictAction  # noqa: E402
 
-from tools.misc.tool_utils import add_backend_argument  # noqa: E402
+from tools.misc.tool_utils import add_backend_argument, check_backend_arguments  # noqa: E402
 
 _COCO_ORDER = ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m',
                'bbox_mAP_l')
@@ -52,6 +52,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
+    check_backend_arguments(args)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
@@ -111,9 +112,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.backend != 'pytorch':
         # same dataset, pipeline, evaluator and dumps; the exported graph replaces the model
         cfg.model = dict(type='ONNXBackendDetector', onnx_file=args.checkpoint,
-                         backend=args.backend)
+                         backend=args.backend, precision=args.precision)
         cfg.load_from = None
         cfg.pop('model_wrapper_cfg', None)
+    elif not args.no_cpu_optim:  # conv + BN folding and channels-last, on CPU only
+        cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='CPUInferenceHook')]
 
     if args.show_dir:
         hooks = cfg.get('default_hooks') or {}

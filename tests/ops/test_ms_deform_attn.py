@@ -92,3 +92,35 @@ def test_our_models_build_our_attention():
     attn = [m for m in model.modules() if isinstance(m, MultiScaleDeformableAttention)]
     assert attn and all(type(m) is CoMultiScaleDeformableAttention for m in attn)
     assert len(attn) == 4  # 2 encoder + 2 decoder layers of the tiny model
+
+
+def test_export_formulation_matches_mmcv_reference():
+    """The per-level, tensor-sliced formulation used while exporting to ONNX computes
+    mmcv's grid_sample reference up to summation order (non-square levels, batch of 2)."""
+    from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
+
+    from projects.codetr.ops.ms_deform_attn import multi_scale_deformable_attn_onnx
+    g = torch.Generator().manual_seed(2)
+    value = torch.randn(2, 64, 4, 8, generator=g)
+    # some points outside [0, 1]: the zero padding must agree too
+    locations = torch.rand(2, 9, 4, 3, 2, 2, generator=g) * 1.2 - 0.1
+    weights = torch.rand(2, 9, 4, 3, 2, generator=g).softmax(-1)
+    ours = multi_scale_deformable_attn_onnx(value, SHAPES, START, locations, weights)
+    ref = multi_scale_deformable_attn_pytorch(value, SHAPES, locations, weights)
+    assert ours.shape == ref.shape == (2, 9, 32)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('ref_dim', [2, 4])
+def test_inference_path_is_bit_identical_to_mmcv(monkeypatch, ref_dim):
+    """Without gradients the point locations are computed in one pass (addcdiv); the
+    output still equals mmcv's module bit for bit."""
+    monkeypatch.setenv('CODETR_DISABLE_FAST_MSDA', '1')
+    ours, theirs = _pair()
+    ours.one_pass_locations = True
+    query, kwargs = _inputs(ref_dim)
+    calls, addcdiv = [], torch.addcdiv
+    monkeypatch.setattr(torch, 'addcdiv', lambda *a: calls.append(1) or addcdiv(*a))
+    with torch.no_grad():
+        assert torch.equal(ours(query, **kwargs), theirs(query, **kwargs))
+    assert calls == ([1] if ref_dim == 2 else [])

@@ -44,6 +44,8 @@ def test_tool_reports_and_verifies(exported):
     assert onnx_file.is_file()
     assert 'OK: every PyTorch top-20 detection has an ONNX Runtime twin' in stdout
     assert 'GridSample' in stdout and 'TopK' in stdout and 'ONNX Runtime' in stdout
+    # --dynamic: checked at the traced shape and at two images of 3/4 the size
+    assert 'dynamic N, H, W' in stdout and '1x3x128x128:' in stdout and '2x3x96x96:' in stdout
 
 
 def test_graph_is_the_inference_path_in_standard_operators(exported):
@@ -104,6 +106,113 @@ def test_onnxruntime_reproduces_pytorch_predict(exported):
     shifted = (boxes[0] + 1.0, scores[0], labels[0])
     ref0 = [preds[0].pred_instances[k].numpy() for k in ('bboxes', 'scores', 'labels')]
     assert missing_twins(ref0, shifted)
+
+
+def _predict(model, raw):
+    """CoDETR.predict(rescale=False) of uint8 BGR images of one size -> numpy triples."""
+    from mmdet.structures import DetDataSample
+    shape = tuple(raw[0].shape[-2:])
+    samples = [DetDataSample(metainfo=dict(img_shape=shape, ori_shape=shape,
+                                           scale_factor=(1.0, 1.0))) for _ in raw]
+    data = model.data_preprocessor(dict(inputs=raw, data_samples=samples), False)
+    with torch.no_grad():
+        preds = model.predict(data['inputs'], data['data_samples'], rescale=False)
+    return [[p.pred_instances[k].numpy() for k in ('bboxes', 'scores', 'labels')]
+            for p in preds]
+
+
+@pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
+def test_dynamic_height_and_width(exported, backend):
+    """One graph (traced at 128x128) runs other sizes, non-square and with 1x1 top levels,
+    and reproduces CoDETR.predict at each."""
+    pytest.importorskip(backend)
+    from projects.codetr.deploy.backend_model import _Runner
+    from tools.deployment.export_onnx import missing_twins
+    model, onnx_file, _ = exported
+    runner = _Runner(str(onnx_file), backend)
+    assert runner.batch is runner.height is runner.width is None
+    g = torch.Generator().manual_seed(4)
+    for n, h, w in ((2, 96, 160), (1, 200, 72), (1, 40, 50)):
+        raw = [torch.randint(0, 255, (3, h, w), generator=g, dtype=torch.uint8)
+               for _ in range(n)]
+        boxes, scores, labels = runner(torch.stack(raw).float().numpy())
+        assert boxes.shape == (n, 100, 4)
+        assert boxes[..., 2].max() <= w and boxes[..., 3].max() <= h
+        for i, ref in enumerate(_predict(model, raw)):
+            assert not missing_twins(ref, (boxes[i], scores[i], labels[i])), (h, w, i)
+
+
+def test_static_graph_in_the_backend_model(exported, tmp_path):
+    """A graph exported without --dynamic: same detections as the dynamic one at its size;
+    smaller images are padded (with a warning), larger ones refused with the option."""
+    from mmdet.structures import DetDataSample
+
+    from projects.codetr.deploy import CoDETRDeployModel, ONNXBackendDetector, export_onnx
+    model, dynamic_file, _ = exported
+    static_file = export_onnx(CoDETRDeployModel(model), torch.zeros(1, 3, *SHAPE),
+                              tmp_path / 'static.onnx')
+    static = ONNXBackendDetector(str(static_file))
+    dynamic = ONNXBackendDetector(str(dynamic_file))
+    assert (static.backend.height, static.backend.width) == SHAPE
+    g = torch.Generator().manual_seed(5)
+
+    def samples(shape):
+        return [DetDataSample(metainfo=dict(img_shape=shape, scale_factor=(1.0, 1.0)))]
+
+    image = torch.randint(0, 255, (3, *SHAPE), generator=g, dtype=torch.uint8)
+    a = static.forward([image], samples(SHAPE))[0].pred_instances
+    b = dynamic.forward([image], samples(SHAPE))[0].pred_instances
+    torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-5)
+    assert torch.equal(a.labels, b.labels)
+    small = image[:, :100, :90]
+    out = static.forward([small], samples((100, 90)))[0].pred_instances
+    assert static._padded == 1 and out.bboxes[:, 2].max() <= 90
+    with pytest.raises(ValueError, match='--shape 130 128'):
+        static.forward([torch.zeros(3, 130, 128, dtype=torch.uint8)], samples((130, 128)))
+
+
+def test_openvino_precision_option(exported):
+    """--precision reaches OpenVINO's compiled model; other runtimes refuse it."""
+    pytest.importorskip('openvino')
+    from projects.codetr.deploy.backend_model import _Runner
+    from tools.test import parse_args
+    _, onnx_file, _ = exported
+    fp32 = _Runner(str(onnx_file), 'openvino')
+    bf16 = _Runner(str(onnx_file), 'openvino', precision='bf16')
+    assert fp32.hint == 'f32'
+    # the compiled model's own precision: f32 on CPUs without bf16 support
+    assert bf16.hint in ('bf16', 'f32')
+    if bf16.hint == 'bf16':  # this machine (AMX): bf16 is a different computation
+        image = np.random.RandomState(0).rand(1, 3, *SHAPE).astype(np.float32) * 255
+        assert np.abs(fp32(image)[1] - bf16(image)[1]).max() > 1e-4
+    with pytest.raises(ValueError, match="needs backend='openvino'"):
+        _Runner(str(onnx_file), 'onnxruntime', precision='bf16')
+    with pytest.raises(ValueError, match='--precision bf16 is an option of --backend openvino'):
+        parse_args([str(SYNTHETIC), str(onnx_file), '--backend', 'onnxruntime',
+                    '--precision', 'bf16'])
+
+
+def test_r50_raw_outputs_agree():
+    """Random R50 Co-Deformable-DETR weights: the raw class logits and boxes of the last
+    decoder layer from ONNX Runtime and OpenVINO agree with PyTorch to 1e-3 (at 800x1333:
+    tools/analysis_tools/benchmark.py --backend ... --raw, numbers in the README)."""
+    import tempfile
+
+    from projects.codetr.deploy import CoDETRDeployModel, export_onnx
+    from projects.codetr.deploy.backend_model import _Runner
+    model = build_model(load_cfg(REPO_ROOT / 'configs' / 'co_deformable_detr_r50_1x_coco.py'),
+                        seed=0).eval()
+    deploy = CoDETRDeployModel(model, raw=True)
+    images = torch.rand(1, 3, 256, 384, generator=torch.Generator().manual_seed(0)) * 255
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_file = export_onnx(deploy, images, Path(tmp) / 'r50.onnx')
+        with torch.no_grad():
+            ref = [t.numpy() for t in deploy(images)]
+        assert ref[0].shape == (1, 300, 80) and ref[1].shape == (1, 300, 4)
+        for backend in ('onnxruntime', 'openvino'):
+            for name, a, b in zip(deploy.output_names, ref,
+                                  _Runner(str(onnx_file), backend)(images.numpy())):
+                assert np.abs(a - b).max() <= 1e-3, (backend, name)
 
 
 @pytest.fixture(scope='module')
@@ -172,16 +281,17 @@ def test_infer_tool_backend_matches_pytorch(exported, val_root, tmp_path):
 
 
 def test_co_dino_exports_its_top_k_path(tmp_path):
-    """Co-DINO exports (DINO decoder, 5 levels) once the soft-NMS test path is switched off;
-    with it, the tool refuses with the option to use."""
+    """Co-DINO exports (DINO decoder, 5 levels, dynamic N/H/W) once the soft-NMS test path is
+    switched off; with it, the tool refuses with the option to use."""
     model = build_model(load_cfg(REPO_ROOT / 'tests' / 'configs' / 'co_dino_tiny.py'), seed=0)
     ckpt = tmp_path / 'co_dino.pth'
     torch.save(dict(state_dict=model.state_dict(), meta={}), ckpt)
     config = REPO_ROOT / 'tests' / 'configs' / 'co_dino_tiny.py'
     args = [sys.executable, 'tools/deployment/export_onnx.py', config, ckpt, '--out',
-            tmp_path / 'co_dino.onnx', '--shape', '128', '128']
+            tmp_path / 'co_dino.onnx', '--shape', '128', '128', '--dynamic']
     proc = _run([*args, '--cfg-options', 'model.test_cfg.0.nms=None'], timeout=300)
     assert 'OK: every PyTorch top-20 detection has an ONNX Runtime twin' in proc.stdout
+    assert '2x3x96x96:' in proc.stdout  # dynamic H and W checked at a second size
     import subprocess
     refused = subprocess.run([str(a) for a in args], cwd=REPO_ROOT, capture_output=True,
                              text=True, timeout=300)

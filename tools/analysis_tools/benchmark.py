@@ -12,7 +12,11 @@ Examples::
     python tools/analysis_tools/benchmark.py configs/co_deformable_detr_r50_1x_coco.py --flops
     # the exported model in ONNX Runtime (or OpenVINO) against PyTorch predict, alternately
     python tools/analysis_tools/benchmark.py configs/co_deformable_detr_r50_1x_coco.py \
-        --backend onnxruntime --shape 800 1333 --threads 2 --repeat 5
+        --backend openvino --precision bf16 --shape 800 1333 --threads 2 --repeat 5
+    # PyTorch CPU predict with optimize_for_cpu_inference against the model as loaded,
+    # alternately, with the operator profile of both
+    python tools/analysis_tools/benchmark.py configs/co_deformable_detr_r50_1x_coco.py \
+        --cpu-optim --profile --shape 800 1333 --threads 2 --repeat 5
 
 With ``--compare`` the two models run alternately in the same process, so the
 reported ratio (median of per-round ratios) is robust to machine noise.
@@ -55,6 +59,19 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='export the inference path to ONNX at --shape and time this '
                              'runtime against PyTorch predict, alternately (--mode infer)')
     parser.add_argument('--onnx', help='with --backend: an exported file to use instead')
+    parser.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default='fp32',
+                        help='with --backend openvino: its compute precision')
+    parser.add_argument('--raw', action='store_true',
+                        help='with --backend: export the raw outputs (last decoder layer\'s '
+                             'class logits and boxes) and print their largest difference '
+                             'from PyTorch before timing')
+    parser.add_argument('--cpu-optim', action='store_true',
+                        help='time PyTorch predict with optimize_for_cpu_inference (conv+BN '
+                             'folding, channels-last, one-pass sampling locations) against the '
+                             'model as loaded, alternately')
+    parser.add_argument('--profile', action='store_true',
+                        help='print the top operators (self CPU time) of one step of each '
+                             'PyTorch variant')
     parser.add_argument('--json', help='write the results here')
     return parser.parse_args(argv)
 
@@ -129,21 +146,40 @@ def make_step(model: torch.nn.Module, args: argparse.Namespace) -> Callable[[], 
 
 
 def make_backend_step(model: torch.nn.Module, args: argparse.Namespace) -> Callable[[], None]:
-    """The exported model on ``args.backend`` with the same pixels as :func:`make_step`."""
+    """The exported model on ``args.backend`` with the same pixels as :func:`make_step`
+    (with ``args.raw`` the raw-output graph, compared with PyTorch once first)."""
     import tempfile
 
     from projects.codetr.deploy import CoDETRDeployModel, export_onnx
     from projects.codetr.deploy.backend_model import _Runner
     images = torch.stack(make_batch(model, args, raw=True)).float()  # BGR pixels
+    deploy = CoDETRDeployModel(model.eval(), raw=args.raw)
     onnx_file = args.onnx
     if onnx_file is None:
         onnx_file = str(Path(tempfile.mkdtemp()) / 'model.onnx')
         start = time.perf_counter()
-        export_onnx(CoDETRDeployModel(model.eval()), images, onnx_file)
+        export_onnx(deploy, images, onnx_file)
         print(f'exported {onnx_file} in {time.perf_counter() - start:.0f} s')
-    runner = _Runner(onnx_file, args.backend, threads=torch.get_num_threads())
+    runner = _Runner(onnx_file, args.backend, threads=torch.get_num_threads(),
+                     precision=args.precision)
     batch = images.numpy()
+    if args.raw:
+        with torch.no_grad():
+            ref = [t.numpy() for t in deploy(images)]
+        ours = runner(batch)
+        for name, a, b in zip(deploy.output_names, ref, ours):
+            print(f'{args.backend} ({args.precision}) vs PyTorch, {name} {tuple(a.shape)}: '
+                  f'max |diff| {abs(a - b).max():.2e}')
     return lambda: runner(batch)
+
+
+def print_profile(step: Callable[[], None], name: str, rows: int = 12) -> None:
+    """Top operators by self CPU time of one call of ``step``."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    print(f'profile of {name}:')
+    print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=rows))
 
 
 def timed(step: Callable[[], None], device: str) -> float:
@@ -196,11 +232,24 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         print(json.dumps(result, indent=2))
         return result
     steps = {args.config: make_step(model, args)}
+    if args.precision != 'fp32' and args.backend != 'openvino':
+        raise SystemExit(f'--precision {args.precision} is an option of --backend openvino')
+    if (args.backend or args.cpu_optim) and (args.mode != 'infer' or args.compare
+                                             or args.msda_ab):
+        raise SystemExit('--backend/--cpu-optim time inference alone, without '
+                         '--compare/--msda-ab')
+    if args.backend and args.cpu_optim:
+        raise SystemExit('--backend and --cpu-optim are exclusive (both compare against '
+                         'the PyTorch model as loaded)')
     if args.backend:
-        if args.mode != 'infer' or args.compare or args.msda_ab:
-            raise SystemExit('--backend times inference alone, without --compare/--msda-ab')
-        args.compare = args.backend
+        args.compare = f'{args.backend} ({args.precision})'
         steps[args.compare] = make_backend_step(model, args)
+    elif args.cpu_optim:
+        import copy
+
+        from projects.codetr.deploy import optimize_for_cpu_inference
+        args.compare = 'optimize_for_cpu_inference'
+        steps[args.compare] = make_step(optimize_for_cpu_inference(copy.deepcopy(model)), args)
     elif args.msda_ab:
         if args.compare:
             raise SystemExit('--msda-ab and --compare are exclusive')
@@ -223,6 +272,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     for step in steps.values():
         for _ in range(args.warmup):
             step()
+    if args.profile:
+        for name, step in steps.items():
+            if name != args.compare or args.cpu_optim:
+                print_profile(step, name)
     times = {name: [] for name in steps}
     for _ in range(args.repeat):  # alternate: both see the same machine state
         for name, step in steps.items():

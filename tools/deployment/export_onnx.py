@@ -10,10 +10,11 @@ Examples::
 The graph holds the inference path only (backbone, neck, encoder, two-stage selection,
 decoder, top-k), standard operators only. Input ``images``: float32 (N, 3, H, W), 0-255 BGR
 pixels as mmcv reads them; outputs ``boxes`` (N, K, 4) xyxy in input pixels, ``scores``
-(N, K), ``labels`` (N, K) int64. The graph is specialised to H x W (``--shape``); ``--dynamic``
-leaves the batch size N free. Before reporting success the tool runs ONNX Runtime and PyTorch
-on the same random image and requires every PyTorch top-20 detection to have a twin (same
-label, score within 1e-3, box within 0.5 px); it prints op counts, file size and latencies.
+(N, K), ``labels`` (N, K) int64. The graph is traced at ``--shape`` and specialised to it;
+``--dynamic`` leaves N, H and W free. Before reporting success the tool runs ONNX Runtime and
+PyTorch on the same random image (with ``--dynamic`` also on two images at 3/4 of the size)
+and requires every PyTorch top-20 detection to have a twin (same label, score within 1e-3,
+box within 0.5 px); it prints op counts, file size and latencies.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--out', required=True, help='output .onnx file')
     parser.add_argument('--shape', type=int, nargs=2, default=(800, 1333), metavar=('H', 'W'),
-                        help='input height and width the graph is specialised to')
-    parser.add_argument('--dynamic', action='store_true', help='dynamic batch size N')
+                        help='input height and width to trace at (the graph is fixed to them '
+                        'without --dynamic)')
+    parser.add_argument('--dynamic', action='store_true',
+                        help='dynamic batch size, height and width')
     parser.add_argument('--opset', type=int, default=17, help='ONNX opset (>= 16)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value pairs')
@@ -98,22 +101,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     deploy = CoDETRDeployModel(detector).eval()
 
     h, w = args.shape
-    images = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)) * 255
-    out = export_onnx(deploy, images, args.out, opset=args.opset, dynamic_batch=args.dynamic)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(1, 3, h, w, generator=g) * 255
+    out = export_onnx(deploy, images, args.out, opset=args.opset, dynamic=args.dynamic)
     ops = check_onnx_graph(out)
+    print(f'ONNX file: {out} ({out.stat().st_size / 2**20:.1f} MiB), opset {args.opset}, '
+          f'input {"Nx3xHxW (dynamic N, H, W)" if args.dynamic else f"1x3x{h}x{w}"}')
+    print(f'{sum(ops.values())} nodes: ' + ', '.join(f'{k} {v}' for k, v in ops.items()))
 
     session = ort.InferenceSession(str(out), providers=['CPUExecutionProvider'])
+    checks = [images]
+    if args.dynamic:  # a second batch size and image size through the same graph
+        checks.append(torch.rand(2, 3, h * 3 // 4, w * 3 // 4, generator=g) * 255)
+    missing = []
+    for batch in checks:
+        onnx_out = session.run(None, {'images': batch.numpy()})
+        with torch.no_grad():
+            torch_out = [t.numpy() for t in deploy(batch)]
+        missing += [m for b in range(batch.shape[0]) for m in missing_twins(
+            [t[b] for t in torch_out], [o[b] for o in onnx_out])]
+        print(f'{"x".join(map(str, batch.shape))}: max |score diff| '
+              f'{np.abs(onnx_out[1] - torch_out[1]).max():.2e}, max |box diff| '
+              f'{np.abs(onnx_out[0] - torch_out[0]).max():.2e} px (same rank)')
     feeds = {'images': images.numpy()}
-    onnx_out = session.run(None, feeds)
-    with torch.no_grad():
-        torch_out = [t.numpy() for t in deploy(images)]
-    missing = [m for b in range(images.shape[0])
-               for m in missing_twins([t[b] for t in torch_out], [o[b] for o in onnx_out])]
-    print(f'ONNX file: {out} ({out.stat().st_size / 2**20:.1f} MiB), opset {args.opset}, '
-          f'input 1x3x{h}x{w}{" (dynamic N)" if args.dynamic else ""}')
-    print(f'{sum(ops.values())} nodes: ' + ', '.join(f'{k} {v}' for k, v in ops.items()))
-    print(f'max |score diff| {np.abs(onnx_out[1] - torch_out[1]).max():.2e}, max |box diff| '
-          f'{np.abs(onnx_out[0] - torch_out[0]).max():.2e} px (same rank)')
     with torch.no_grad():
         torch_s = _median_latency(lambda: deploy(images))
     ort_s = _median_latency(lambda: session.run(None, feeds))

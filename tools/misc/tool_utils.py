@@ -106,11 +106,27 @@ def drop_persistent_workers_without_workers(cfg: Config) -> list[str]:
 
 
 def add_backend_argument(parser: argparse.ArgumentParser) -> None:
-    """``--backend pytorch|onnxruntime|openvino`` (an exported model for the runtimes)."""
+    """``--backend pytorch|onnxruntime|openvino`` (an exported model for the runtimes),
+    ``--precision`` (OpenVINO) and ``--no-cpu-optim`` (PyTorch on CPU)."""
     parser.add_argument('--backend', choices=['pytorch', 'onnxruntime', 'openvino'],
                         default='pytorch',
                         help='run an exported .onnx model (tools/deployment/export_onnx.py) '
                         'with this runtime instead of the PyTorch checkpoint')
+    parser.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default='fp32',
+                        help='compute precision of --backend openvino (its CPU plugin runs '
+                        'bf16/fp16 on CPUs with AMX/AVX512 support; detections then differ '
+                        'from PyTorch\'s by more than rounding)')
+    parser.add_argument('--no-cpu-optim', action='store_true',
+                        help='PyTorch on CPU: run the modules as loaded (by default the '
+                        'backbone/neck BatchNorms are folded into their convolutions and '
+                        'stored channels-last: same detections, faster)')
+
+
+def check_backend_arguments(args: argparse.Namespace) -> None:
+    """Reject ``--precision`` other than fp32 outside OpenVINO."""
+    if args.precision != 'fp32' and args.backend != 'openvino':
+        raise ValueError(f'--precision {args.precision} is an option of --backend openvino; '
+                         f'--backend {args.backend} computes in fp32')
 
 
 def _leaf_datasets(dataset_cfg: Any) -> Iterator[dict]:

@@ -1,7 +1,8 @@
 from .backend_model import BACKENDS, ONNXBackendDetector
+from .cpu_inference import CPUInferenceHook, optimize_for_cpu_inference
 from .onnx_export import AUX_MODULE_NAMES, CoDETRDeployModel, check_onnx_graph, export_onnx
 
 __all__ = [
-    'BACKENDS', 'ONNXBackendDetector', 'AUX_MODULE_NAMES', 'CoDETRDeployModel',
-    'check_onnx_graph', 'export_onnx'
+    'BACKENDS', 'ONNXBackendDetector', 'CPUInferenceHook', 'optimize_for_cpu_inference',
+    'AUX_MODULE_NAMES', 'CoDETRDeployModel', 'check_onnx_graph', 'export_onnx'
 ]

@@ -21,12 +21,19 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 BACKENDS = ('onnxruntime', 'openvino')
+PRECISIONS = {'fp32': 'f32', 'bf16': 'bf16', 'fp16': 'f16'}  # OpenVINO's precision hints
 
 
 class _Runner:
     """``images`` (N, 3, H, W) float32 -> [boxes, scores, labels] with one backend."""
 
-    def __init__(self, onnx_file: str, backend: str, threads: Optional[int] = None) -> None:
+    def __init__(self, onnx_file: str, backend: str, threads: Optional[int] = None,
+                 precision: str = 'fp32') -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision={precision!r}: expected one of {tuple(PRECISIONS)}')
+        if precision != 'fp32' and backend != 'openvino':
+            raise ValueError(f'precision={precision!r} needs backend=\'openvino\' '
+                             f'(backend {backend!r} computes in fp32)')
         if backend == 'onnxruntime':
             import onnxruntime as ort
             options = ort.SessionOptions()
@@ -39,14 +46,15 @@ class _Runner:
         elif backend == 'openvino':
             import openvino as ov
             core = ov.Core()
-            # f32: the CPU plugin may otherwise compute in bf16 where the CPU supports it
-            config = {'INFERENCE_PRECISION_HINT': 'f32'}
+            # explicit: the CPU plugin otherwise computes in bf16 where the CPU supports it
+            config = {'INFERENCE_PRECISION_HINT': PRECISIONS[precision]}
             if threads:
                 config['INFERENCE_NUM_THREADS'] = threads
             compiled = core.compile_model(core.read_model(onnx_file), 'CPU', config)
+            self.hint = compiled.get_property('INFERENCE_PRECISION_HINT').to_string()
             shape = [d.get_length() if d.is_static else None
                      for d in compiled.input(0).get_partial_shape()]
-            outputs = [compiled.output(name) for name in ('boxes', 'scores', 'labels')]
+            outputs = list(compiled.outputs)  # in the graph's order
 
             def run(images):
                 result = compiled(images)
@@ -55,8 +63,9 @@ class _Runner:
             self.run = run
         else:
             raise ValueError(f'backend={backend!r}: expected one of {BACKENDS}')
-        self.height, self.width = int(shape[2]), int(shape[3])
-        self.batch = shape[0] if isinstance(shape[0], int) else None  # None: dynamic
+        # None where the axis is dynamic
+        self.batch, self.height, self.width = (d if isinstance(d, int) else None
+                                               for d in (shape[0], shape[2], shape[3]))
 
     def __call__(self, images: np.ndarray) -> List[np.ndarray]:
         """Run ``images``, in chunks of the graph's batch size if that is fixed."""
@@ -73,17 +82,20 @@ class ONNXBackendDetector(BaseModel):
         onnx_file (str): The exported model.
         backend (str): ``'onnxruntime'`` or ``'openvino'``.
         threads (int, optional): CPU threads of the backend (its default when None).
+        precision (str): ``'fp32'``, or with OpenVINO ``'bf16'``/``'fp16'`` (faster on CPUs
+            with AMX; detections differ from PyTorch's by more than rounding).
     """
 
     def __init__(self, onnx_file: str, backend: str = 'onnxruntime',
-                 threads: Optional[int] = None, init_cfg=None) -> None:
+                 threads: Optional[int] = None, precision: str = 'fp32',
+                 init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         if not str(onnx_file).endswith('.onnx'):
             raise ValueError(f'backend {backend!r} runs an exported .onnx model, got '
                              f'{onnx_file!r} (export with tools/deployment/export_onnx.py)')
         if not Path(onnx_file).is_file():
             raise FileNotFoundError(f'ONNX model {onnx_file!r} does not exist')
-        self.backend = _Runner(str(onnx_file), backend, threads)
+        self.backend = _Runner(str(onnx_file), backend, threads, precision)
         self._padded = 0
 
     def forward(self, inputs: List[Tensor], data_samples: Optional[List[DetDataSample]] = None,
@@ -91,6 +103,10 @@ class ONNXBackendDetector(BaseModel):
         """Only ``mode='predict'``: detections in the original image frame."""
         if mode != 'predict':
             raise ValueError(f'{type(self).__name__} only predicts (mode={mode!r})')
+        if self.backend.height is None:  # dynamic H and W: each image at its own size
+            outputs = [self.backend(img[None].float().numpy()) for img in inputs]
+            return self._to_samples([np.concatenate(o) for o in zip(*outputs)],
+                                    data_samples)
         h, w = self.backend.height, self.backend.width
         batch = np.zeros((len(inputs), 3, h, w), np.float32)
         for i, img in enumerate(inputs):
@@ -107,7 +123,13 @@ class ONNXBackendDetector(BaseModel):
                               'can differ: export at the test pipeline\'s image size',
                               logger='current', level=logging.WARNING)
             batch[i, :, :ih, :iw] = img.float().numpy()
-        boxes, scores, labels = self.backend(batch)
+        return self._to_samples(self.backend(batch), data_samples)
+
+    @staticmethod
+    def _to_samples(outputs: List[np.ndarray],
+                    data_samples: List[DetDataSample]) -> List[DetDataSample]:
+        """Graph outputs -> ``pred_instances`` in the original image frame."""
+        boxes, scores, labels = outputs
         for i, sample in enumerate(data_samples):
             ih, iw = sample.img_shape
             bboxes = torch.from_numpy(np.ascontiguousarray(boxes[i]))

@@ -9,17 +9,20 @@
   post-processing (top-k over all query/class scores, no NMS), as ``predict(rescale=False)``
   on an unpadded batch.
 
-The deformable attention is exported through mmcv's reference formulation (``GridSample``,
-opset >= 16), so stock ONNX Runtime and OpenVINO run the graph without custom operators.
+The deformable attention is exported as ``GridSample`` (opset >= 16; the formulation of
+:func:`~projects.codetr.ops.ms_deform_attn.multi_scale_deformable_attn_onnx`), so stock ONNX
+Runtime and OpenVINO run the graph without custom operators. The sizes that depend on the
+input (feature maps, reference points, proposals) are computed from tensor shapes, so the
+graph can leave N, H and W dynamic.
 """
 from __future__ import annotations
 
 import collections
+import warnings
 from pathlib import Path
 from typing import Dict, Sequence, Tuple
 
 import torch
-from mmdet.structures import DetDataSample
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
 from torch import Tensor, nn
 
@@ -33,11 +36,17 @@ class CoDETRDeployModel(nn.Module):
 
     Args:
         detector (nn.Module): A :class:`~projects.codetr.CoDETR` (eval mode).
+        raw (bool): Output the last decoder layer's class ``logits`` (N, nq, C) and
+            normalised cxcywh ``boxes_cxcywh`` (N, nq, 4) instead, for checking a runtime
+            before post-processing or for post-processing of one's own.
     """
 
-    def __init__(self, detector: nn.Module) -> None:
+    def __init__(self, detector: nn.Module, raw: bool = False) -> None:
         super().__init__()
         self.detector = detector
+        self.raw = raw
+        self.output_names = (['logits', 'boxes_cxcywh'] if raw else
+                             ['boxes', 'scores', 'labels'])
         preprocessor = detector.data_preprocessor
         self.bgr_to_rgb = bool(getattr(preprocessor, '_channel_conversion', False))
         self.register_buffer('mean', preprocessor.mean.detach().clone().view(1, -1, 1, 1))
@@ -51,54 +60,57 @@ class CoDETRDeployModel(nn.Module):
         self.num_classes = head.num_classes
         self.max_per_img = int(head.test_cfg.get('max_per_img', 100))
 
-    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """Detections of the last decoder layer for a batch of unpadded images."""
+    def forward(self, images: Tensor) -> Tuple[Tensor, ...]:
+        """Detections (or raw outputs) of the last decoder layer for a batch of unpadded
+        images."""
         x = images[:, [2, 1, 0]] if self.bgr_to_rgb else images
         x = (x - self.mean) / self.std
-        h, w = int(x.shape[-2]), int(x.shape[-1])
-        samples = [DetDataSample(metainfo=dict(img_shape=(h, w), batch_input_shape=(h, w)))
-                   for _ in range(x.shape[0])]
-        all_cls, all_boxes = self.detector._forward(x, samples)
+        # (w, h, w, h) as a tensor: stays symbolic when H and W are dynamic axes
+        size = torch._shape_as_tensor(x)[2:].flip(0).repeat(2).to(x.dtype)
+        all_cls, all_boxes = self.detector._forward(x)
         cls_scores, boxes = all_cls[-1], all_boxes[-1]  # (N, nq, C), (N, nq, 4) cxcywh
+        if self.raw:
+            return cls_scores, boxes
         k = min(self.max_per_img, cls_scores.shape[1] * cls_scores.shape[2])
         scores, indexes = cls_scores.sigmoid().flatten(1).topk(k, dim=1)
         labels = indexes % self.num_classes
         query = torch.div(indexes, self.num_classes, rounding_mode='floor')
         boxes = torch.gather(boxes, 1, query.unsqueeze(-1).expand(-1, -1, 4))
-        boxes = bbox_cxcywh_to_xyxy(boxes) * boxes.new_tensor([w, h, w, h])
-        boxes = torch.minimum(boxes.clamp(min=0), boxes.new_tensor([w, h, w, h]))
+        boxes = torch.minimum((bbox_cxcywh_to_xyxy(boxes) * size).clamp(min=0), size)
         return boxes, scores, labels
 
 
 def export_onnx(deploy_model: CoDETRDeployModel, images: Tensor, out_file: str | Path,
-                opset: int = 17, dynamic_batch: bool = False) -> Path:
-    """Export with torch's TorchScript-based exporter (the graph is shape-specialised to
-    ``images``' H and W; ``dynamic_batch`` leaves N free).
+                opset: int = 17, dynamic: bool = False) -> Path:
+    """Export with torch's TorchScript-based exporter.
+
+    Args:
+        deploy_model (CoDETRDeployModel): The model to trace.
+        images (Tensor): Sample input (N, 3, H, W) that the graph is traced with.
+        out_file (str | Path): The ``.onnx`` file to write.
+        opset (int): ONNX opset, >= 16 (``GridSample``).
+        dynamic (bool): Leave N, H and W free; otherwise the graph is specialised to the
+            shape of ``images``.
 
     Raises:
-        ValueError: For ``opset`` < 16 (``GridSample`` needs 16), or an input so small that a
-            feature level is 1 pixel wide or high.
+        ValueError: For ``opset`` < 16.
     """
     if opset < 16:
         raise ValueError(f'--opset {opset}: the deformable attention exports as GridSample, '
                          'which needs opset >= 16')
     deploy_model.eval()
-    with torch.no_grad():
-        sizes = [tuple(f.shape[-2:]) for f in deploy_model.detector.extract_feat(images[:1])]
-    if min(min(size) for size in sizes) < 2:
-        # torch's exporter turns the encoder's linspace(0.5, 0.5, 1) into 0/0 = NaN
-        raise ValueError(f'input {tuple(images.shape[-2:])} gives feature maps {sizes}; every '
-                         'level must be at least 2x2 for export, use a larger --shape '
-                         '(> 64 px per side for the stride-64 level)')
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     dynamic_axes = None
-    if dynamic_batch:
-        dynamic_axes = {'images': {0: 'batch'}, 'boxes': {0: 'batch'},
-                        'scores': {0: 'batch'}, 'labels': {0: 'batch'}}
-    with torch.no_grad():
+    if dynamic:
+        dynamic_axes = {'images': {0: 'batch', 2: 'height', 3: 'width'},
+                        **{name: {0: 'batch'} for name in deploy_model.output_names}}
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns wherever a size becomes a Python value; the shapes that must stay
+        # symbolic are built from tensors (tests export at one size and run at others).
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
         torch.onnx.export(deploy_model, (images, ), str(out_file), opset_version=opset,
-                          input_names=['images'], output_names=['boxes', 'scores', 'labels'],
+                          input_names=['images'], output_names=deploy_model.output_names,
                           dynamic_axes=dynamic_axes, dynamo=False)
     return out_file
 

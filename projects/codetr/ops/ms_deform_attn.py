@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from mmcv.ops import MultiScaleDeformableAttention
 from mmcv.ops.multi_scale_deform_attn import (
     MultiScaleDeformableAttnFunction,
@@ -49,8 +50,8 @@ def ms_deform_attn_core(value: Tensor, spatial_shapes: Tensor, level_start_index
         Tensor: (bs, nq, num_heads * head_dims).
     """
     if torch.onnx.is_in_onnx_export():  # standard operators only (GridSample)
-        return multi_scale_deformable_attn_pytorch(value, spatial_shapes, sampling_locations,
-                                                   attention_weights)
+        return multi_scale_deformable_attn_onnx(value, spatial_shapes, level_start_index,
+                                                sampling_locations, attention_weights)
     if value.is_cuda or getattr(value, 'is_mlu', False):
         return MultiScaleDeformableAttnFunction.apply(value, spatial_shapes, level_start_index,
                                                       sampling_locations, attention_weights,
@@ -64,11 +65,50 @@ def ms_deform_attn_core(value: Tensor, spatial_shapes: Tensor, level_start_index
                                                attention_weights)
 
 
+def multi_scale_deformable_attn_onnx(value: Tensor, spatial_shapes: Tensor,
+                                     level_start_index: Tensor, sampling_locations: Tensor,
+                                     attention_weights: Tensor) -> Tensor:
+    """mmcv's ``grid_sample`` formulation, arranged for an exported graph.
+
+    - The levels are cut out of ``value`` by tensor slicing, so that a traced graph keeps
+      their sizes symbolic (dynamic H and W); mmcv's ``split`` by Python sizes freezes them.
+    - Each level's samples are weighted and summed over its points, then the levels are
+      added: mmcv stacks all levels' samples first (one (bs * heads, dims, nq, levels *
+      points) tensor, 360 MB per R50 encoder layer at 800x1333), which made ``Concat`` a
+      sixth of the runtimes' latency. The sums differ from mmcv's in rounding only.
+
+    Args and returns: see :func:`ms_deform_attn_core`.
+    """
+    bs, _, heads, dims = value.shape
+    _, num_query, _, levels, points, _ = sampling_locations.shape
+    # (bs, nq, heads, L, P, 2) -> (bs * heads, nq, L, P, 2); weights alike
+    grids = (2 * sampling_locations - 1).transpose(1, 2).flatten(0, 1)
+    weights = attention_weights.transpose(1, 2).reshape(bs * heads, 1, num_query, levels,
+                                                        points)
+    value = value.flatten(2).transpose(1, 2).reshape(bs * heads, dims, -1)
+    output = None
+    for lvl in range(levels):
+        h, w = spatial_shapes[lvl, 0], spatial_shapes[lvl, 1]
+        start = level_start_index[lvl]
+        level_value = value[..., start:start + h * w].reshape(bs * heads, dims, h, w)
+        sampled = F.grid_sample(level_value, grids[:, :, lvl], mode='bilinear',
+                                padding_mode='zeros', align_corners=False)  # (., dims, nq, P)
+        level_sum = (sampled * weights[..., lvl, :]).sum(-1)
+        output = level_sum if output is None else output + level_sum
+    return output.view(bs, heads * dims, num_query).transpose(1, 2).contiguous()
+
+
 @MODELS.register_module()
 class CoMultiScaleDeformableAttention(MultiScaleDeformableAttention):
     """:class:`~mmcv.ops.MultiScaleDeformableAttention` with the kernel choice of
     :func:`ms_deform_attn_core` (fast CPU kernel on CPU). Same arguments and keys.
+
+    ``one_pass_locations`` (set by :func:`~projects.codetr.deploy.optimize_for_cpu_inference`)
+    computes the encoder's sampling locations in one vectorised pass when no gradient is
+    recorded: same values, bit for bit.
     """
+
+    one_pass_locations = False
 
     def forward(self,
                 query: Tensor,
@@ -108,7 +148,7 @@ class CoMultiScaleDeformableAttention(MultiScaleDeformableAttention):
             query, value = query.transpose(0, 1), value.transpose(0, 1)
         bs, num_query, _ = query.shape
         num_value = value.size(1)
-        if int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum()) != num_value:
+        if not torch.jit.is_tracing() and int(spatial_shapes.prod(1).sum()) != num_value:
             raise ValueError(f'{type(self).__name__}: spatial_shapes {spatial_shapes.tolist()} '
                              f'cover a different number of values than value has ({num_value})')
         heads, levels, points = self.num_heads, self.num_levels, self.num_points
@@ -125,7 +165,17 @@ class CoMultiScaleDeformableAttention(MultiScaleDeformableAttention):
         if ref.size(-1) == 2:
             # offsets are in pixels of each level: normalise by (w, h)
             wh = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
-            locations = ref + offsets / wh[None, None, None, :, None, :]
+            wh = wh[None, None, None, :, None, :].to(offsets.dtype)
+            if (not self.one_pass_locations or torch.is_grad_enabled()
+                    or torch.onnx.is_in_onnx_export()):
+                locations = ref + offsets / wh
+            else:  # the same values in one pass (addcdiv divides, then adds; its backward
+                # would round differently, and ONNX has no addcdiv), with ref and wh laid
+                # out over (levels, points, 2) so that the broadcast over heads runs on 32
+                # contiguous values: 4.5x faster than with stride-0 points
+                shape = (*ref.shape[:3], levels, points, 2)
+                locations = torch.addcdiv(ref.expand(shape).contiguous(), offsets,
+                                          wh.expand(1, 1, 1, levels, points, 2).contiguous())
         elif ref.size(-1) == 4:
             # offsets are in units of half the box, split over the points
             locations = ref[..., :2] + offsets / points * ref[..., 2:] * 0.5

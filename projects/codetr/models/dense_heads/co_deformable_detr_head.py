@@ -20,6 +20,7 @@ from ..layers.aux_queries import AuxQueryTargets
 from ..layers.co_transformer import (
     CoDeformableDetrTransformerDecoder,
     CoDeformableDetrTransformerEncoder,
+    pixel_centres,
 )
 
 
@@ -59,7 +60,31 @@ class CoDeformDETRHead(DeformableDETRHead):
     # same names (positional_encoding, level_embed, encoder, memory_trans_*).
     pre_transformer = DeformableDETR.pre_transformer
     forward_encoder = DeformableDETR.forward_encoder
-    gen_encoder_output_proposals = DeformableDETR.gen_encoder_output_proposals
+
+    def gen_encoder_output_proposals(self, memory: Tensor, memory_mask: Optional[Tensor],
+                                     spatial_shapes: Tensor) -> Tuple[Tensor, Tensor]:
+        """mmdet's two-stage proposals (``DeformableDETR.gen_encoder_output_proposals``);
+        while exporting to ONNX (no padding mask) built from :func:`pixel_centres`, which
+        gives the same values in a graph whose H and W stay symbolic.
+
+        Returns:
+            tuple[Tensor, Tensor]: The transformed memory (bs, num_feat_points, dim) and the
+            proposals in inverse-sigmoid cxcywh, (bs, num_feat_points, 4).
+        """
+        if memory_mask is not None or not torch.onnx.is_in_onnx_export():
+            return DeformableDETR.gen_encoder_output_proposals(self, memory, memory_mask,
+                                                               spatial_shapes)
+        proposals = []
+        for lvl, (h, w) in enumerate(spatial_shapes):
+            centres = torch.stack(pixel_centres(h, w, memory.device), -1)  # (h * w, 2)
+            centres = centres / torch.stack((w, h))
+            size = torch.ones_like(centres) * 0.05 * (2.0**lvl)
+            proposals.append(torch.cat((centres, size), -1))
+        proposals = torch.cat(proposals).expand(memory.size(0), -1, -1)
+        valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
+        proposals = torch.log(proposals / (1 - proposals)).masked_fill(~valid, float('inf'))
+        memory = memory.masked_fill(~valid, 0.0)
+        return self.memory_trans_norm(self.memory_trans_fc(memory)), proposals
     get_valid_ratio = staticmethod(DeformableDETR.get_valid_ratio)
     get_proposal_pos_embed = staticmethod(DeformableDETR.get_proposal_pos_embed)
 

@@ -7,7 +7,7 @@ checkpoint its first layers' activations (``with_cp``); the Deformable-DETR
 decoder adds look-forward-twice, the DINO decoder (Co-DINO) is mmdet's with
 the sine embedding sized to ``embed_dims``.
 """
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 from mmcv.cnn import build_norm_layer
@@ -26,6 +26,21 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ...ops.ms_deform_attn import CoMultiScaleDeformableAttention
+
+
+def pixel_centres(height: Tensor, width: Tensor,
+                  device: Union[torch.device, str]) -> Tuple[Tensor, Tensor]:
+    """x and y of the pixel centres ``i + 0.5`` of an ``height`` x ``width`` map, each
+    (height * width, ) in raster order.
+
+    The values of mmdet's ``linspace(0.5, n - 0.5, n)`` grids, bit for bit, but built with
+    ``arange`` so that ONNX export keeps ``height`` and ``width`` symbolic (dynamic H and W);
+    a traced ``linspace`` freezes its number of steps.
+    """
+    ys = torch.arange(height, dtype=torch.float32, device=device) + 0.5
+    xs = torch.arange(width, dtype=torch.float32, device=device) + 0.5
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing='ij')
+    return grid_x.reshape(-1), grid_y.reshape(-1)
 
 
 class CoDeformableDetrTransformerEncoderLayer(DeformableDetrTransformerEncoderLayer):
@@ -83,6 +98,21 @@ class CoDeformableDetrTransformerEncoder(DeformableDetrTransformerEncoder):
             CoDeformableDetrTransformerEncoderLayer(**self.layer_cfg)
             for _ in range(self.num_layers))
         self.embed_dims = self.layers[0].embed_dims
+
+    @staticmethod
+    def get_encoder_reference_points(spatial_shapes: Tensor, valid_ratios: Tensor,
+                                     device: Union[torch.device, str]) -> Tensor:
+        """mmdet's reference points, (bs, num_queries, num_levels, 2); while exporting to
+        ONNX built from :func:`pixel_centres` (same values, shape-generic graph)."""
+        if not torch.onnx.is_in_onnx_export():
+            return DeformableDetrTransformerEncoder.get_encoder_reference_points(
+                spatial_shapes, valid_ratios, device)
+        points = []
+        for lvl, (h, w) in enumerate(spatial_shapes):
+            x, y = pixel_centres(h, w, device)
+            points.append(torch.stack((x[None] / (valid_ratios[:, None, lvl, 0] * w),
+                                       y[None] / (valid_ratios[:, None, lvl, 1] * h)), -1))
+        return torch.cat(points, 1)[:, :, None] * valid_ratios[:, None]
 
     def forward(self, query: Tensor, query_pos: Tensor, key_padding_mask: Tensor,
                 spatial_shapes: Tensor, level_start_index: Tensor, valid_ratios: Tensor,
