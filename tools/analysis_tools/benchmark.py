@@ -55,9 +55,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--msda-ab', action='store_true',
                         help='A/B the whole step with mmcv\'s CPU deformable attention '
                              '(CODETR_DISABLE_FAST_MSDA=1) against ours, alternately')
-    parser.add_argument('--backend', choices=['onnxruntime', 'openvino'],
-                        help='export the inference path to ONNX at --shape and time this '
-                             'runtime against PyTorch predict, alternately (--mode infer)')
+    parser.add_argument('--backend', choices=['pytorch', 'onnxruntime', 'openvino'],
+                        help='onnxruntime/openvino: export the inference path to ONNX at '
+                             '--shape and time this runtime against PyTorch predict, '
+                             'alternately (--mode infer); pytorch: PyTorch alone (the default)')
     parser.add_argument('--onnx', help='with --backend: an exported file to use instead')
     parser.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default='fp32',
                         help='with --backend openvino: its compute precision')
@@ -232,6 +233,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         print(json.dumps(result, indent=2))
         return result
     steps = {args.config: make_step(model, args)}
+    if args.backend == 'pytorch':
+        args.backend = None
     if args.precision != 'fp32' and args.backend != 'openvino':
         raise SystemExit(f'--precision {args.precision} is an option of --backend openvino')
     if (args.backend or args.cpu_optim) and (args.mode != 'infer' or args.compare
