@@ -18,13 +18,14 @@ BASE = [CONFIG, '--shape', '96', '128', '--warmup', '0', '--threads', '2']
 
 def test_cpu_optim_ab_with_profile(tmp_path, capsys):
     out = tmp_path / 'bench.json'
-    result = benchmark.main([*BASE, '--cpu-optim', '--profile', '--repeat', '2', '--json',
-                             str(out)])
+    result = benchmark.main([*BASE, '--cpu-optim', '--profile', '--profile-rows', '500',
+                             '--repeat', '2', '--json', str(out)])
     assert set(result['results']) == {CONFIG, 'optimize_for_cpu_inference'}
     assert result['ratio']['repeats'] == 2 and result['ratio']['median_s'] > 0
     assert json.loads(out.read_text())['ratio'] == result['ratio']
     printed = capsys.readouterr().out
-    # the model as loaded runs BatchNorm, the optimised one has it folded away
+    # every operator listed: the model as loaded runs BatchNorm, the optimised one has it
+    # folded away
     profiles = printed.split('profile of optimize_for_cpu_inference:')
     assert 'native_batch_norm' in profiles[0] and 'native_batch_norm' not in profiles[1]
 

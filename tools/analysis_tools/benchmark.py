@@ -73,6 +73,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--profile', action='store_true',
                         help='print the top operators (self CPU time) of one step of each '
                              'PyTorch variant')
+    parser.add_argument('--profile-rows', type=int, default=12,
+                        help='with --profile: number of operators listed')
     parser.add_argument('--json', help='write the results here')
     return parser.parse_args(argv)
 
@@ -278,7 +280,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     if args.profile:
         for name, step in steps.items():
             if name != args.compare or args.cpu_optim:
-                print_profile(step, name)
+                print_profile(step, name, args.profile_rows)
     times = {name: [] for name in steps}
     for _ in range(args.repeat):  # alternate: both see the same machine state
         for name, step in steps.items():
