@@ -82,32 +82,6 @@ def test_check_rejects_training_modules(tmp_path):
         check_onnx_graph(path)
 
 
-def test_onnxruntime_reproduces_pytorch_predict(exported):
-    """Batch of 2 (dynamic N) against CoDETR.predict(rescale=False) on the same pixels."""
-    from mmdet.structures import DetDataSample
-
-    from tools.deployment.export_onnx import missing_twins
-    model, onnx_file, _ = exported
-    g = torch.Generator().manual_seed(3)
-    raw = [torch.randint(0, 255, (3, *SHAPE), generator=g, dtype=torch.uint8) for _ in range(2)]
-    samples = [DetDataSample(metainfo=dict(img_shape=SHAPE, ori_shape=SHAPE,
-                                           scale_factor=(1.0, 1.0))) for _ in raw]
-    data = model.data_preprocessor(dict(inputs=raw, data_samples=samples), False)
-    with torch.no_grad():
-        preds = model.predict(data['inputs'], data['data_samples'], rescale=False)
-    session = ort.InferenceSession(str(onnx_file), providers=['CPUExecutionProvider'])
-    # the graph takes the pixels as loaded (BGR, 0-255) and converts/normalises itself
-    boxes, scores, labels = session.run(None, {'images': torch.stack(raw).float().numpy()})
-    assert boxes.shape == (2, 100, 4) and labels.dtype == np.int64
-    for i, pred in enumerate(preds):
-        ref = [pred.pred_instances[k].numpy() for k in ('bboxes', 'scores', 'labels')]
-        assert not missing_twins(ref, (boxes[i], scores[i], labels[i])), i
-    # a twin is not found for a wrong box: the check can fail
-    shifted = (boxes[0] + 1.0, scores[0], labels[0])
-    ref0 = [preds[0].pred_instances[k].numpy() for k in ('bboxes', 'scores', 'labels')]
-    assert missing_twins(ref0, shifted)
-
-
 def _predict(model, raw):
     """CoDETR.predict(rescale=False) of uint8 BGR images of one size -> numpy triples."""
     from mmdet.structures import DetDataSample
@@ -119,6 +93,23 @@ def _predict(model, raw):
         preds = model.predict(data['inputs'], data['data_samples'], rescale=False)
     return [[p.pred_instances[k].numpy() for k in ('bboxes', 'scores', 'labels')]
             for p in preds]
+
+
+def test_onnxruntime_reproduces_pytorch_predict(exported):
+    """Batch of 2 (dynamic N) against CoDETR.predict(rescale=False) on the same pixels."""
+    from tools.deployment.export_onnx import missing_twins
+    model, onnx_file, _ = exported
+    g = torch.Generator().manual_seed(3)
+    raw = [torch.randint(0, 255, (3, *SHAPE), generator=g, dtype=torch.uint8) for _ in range(2)]
+    refs = _predict(model, raw)
+    session = ort.InferenceSession(str(onnx_file), providers=['CPUExecutionProvider'])
+    # the graph takes the pixels as loaded (BGR, 0-255) and converts/normalises itself
+    boxes, scores, labels = session.run(None, {'images': torch.stack(raw).float().numpy()})
+    assert boxes.shape == (2, 100, 4) and labels.dtype == np.int64
+    for i, ref in enumerate(refs):
+        assert not missing_twins(ref, (boxes[i], scores[i], labels[i])), i
+    # a twin is not found for a wrong box: the check can fail
+    assert missing_twins(refs[0], (boxes[0] + 1.0, scores[0], labels[0]))
 
 
 @pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
