@@ -94,9 +94,11 @@ def test_our_models_build_our_attention():
     assert len(attn) == 4  # 2 encoder + 2 decoder layers of the tiny model
 
 
-def test_export_formulation_matches_mmcv_reference():
-    """The per-level, tensor-sliced formulation used while exporting to ONNX computes
-    mmcv's grid_sample reference up to summation order (non-square levels, batch of 2)."""
+@pytest.mark.parametrize('per_point', [False, True])
+def test_export_formulation_matches_mmcv_reference(per_point):
+    """Both arrangements used while exporting to ONNX (per level; per level and point)
+    compute mmcv's grid_sample reference up to summation order (non-square levels, batch
+    of 2)."""
     from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
 
     from projects.codetr.ops.ms_deform_attn import multi_scale_deformable_attn_onnx
@@ -105,7 +107,8 @@ def test_export_formulation_matches_mmcv_reference():
     # some points outside [0, 1]: the zero padding must agree too
     locations = torch.rand(2, 9, 4, 3, 2, 2, generator=g) * 1.2 - 0.1
     weights = torch.rand(2, 9, 4, 3, 2, generator=g).softmax(-1)
-    ours = multi_scale_deformable_attn_onnx(value, SHAPES, START, locations, weights)
+    ours = multi_scale_deformable_attn_onnx(value, SHAPES, START, locations, weights,
+                                            per_point=per_point)
     ref = multi_scale_deformable_attn_pytorch(value, SHAPES, locations, weights)
     assert ours.shape == ref.shape == (2, 9, 32)
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)

@@ -30,12 +30,14 @@ def test_cpu_optim_ab_with_profile(tmp_path, capsys):
     assert 'native_batch_norm' in profiles[0] and 'native_batch_norm' not in profiles[1]
 
 
-def test_runtime_against_pytorch_with_raw_outputs(capsys):
-    pytest.importorskip('onnxruntime')
-    result = benchmark.main([*BASE, '--backend', 'onnxruntime', '--raw', '--repeat', '1'])
-    assert set(result['results']) == {CONFIG, 'onnxruntime (fp32)'}
-    diffs = re.findall(r'vs PyTorch, (\w+) \(1, \d+, \d+\): max \|diff\| (\S+)',
-                       capsys.readouterr().out)
+@pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
+def test_runtime_against_pytorch_with_raw_outputs(capsys, backend):
+    pytest.importorskip(backend)
+    result = benchmark.main([*BASE, '--backend', backend, '--raw', '--repeat', '1'])
+    assert set(result['results']) == {CONFIG, f'{backend} (fp32)'}
+    printed = capsys.readouterr().out
+    assert f'(arranged for {backend})' in printed  # the graph exported for this runtime
+    diffs = re.findall(r'vs PyTorch, (\w+) \(1, \d+, \d+\): max \|diff\| (\S+)', printed)
     assert [name for name, _ in diffs] == ['logits', 'boxes_cxcywh']
     assert all(float(value) <= 1e-3 for _, value in diffs)
 

@@ -273,16 +273,26 @@ def test_infer_tool_backend_matches_pytorch(exported, val_root, tmp_path):
 
 def test_co_dino_exports_its_top_k_path(tmp_path):
     """Co-DINO exports (DINO decoder, 5 levels, dynamic N/H/W) once the soft-NMS test path is
-    switched off; with it, the tool refuses with the option to use."""
+    switched off; with it, the tool refuses with the option to use. Exported with
+    ``--target openvino``: one GridSample per attention layer, level and point, and the tool
+    checks OpenVINO too."""
+    from projects.codetr.deploy import check_onnx_graph
+    from projects.codetr.ops import CoMultiScaleDeformableAttention
     model = build_model(load_cfg(REPO_ROOT / 'tests' / 'configs' / 'co_dino_tiny.py'), seed=0)
     ckpt = tmp_path / 'co_dino.pth'
     torch.save(dict(state_dict=model.state_dict(), meta={}), ckpt)
     config = REPO_ROOT / 'tests' / 'configs' / 'co_dino_tiny.py'
+    onnx_file = tmp_path / 'co_dino.onnx'
     args = [sys.executable, 'tools/deployment/export_onnx.py', config, ckpt, '--out',
-            tmp_path / 'co_dino.onnx', '--shape', '128', '128', '--dynamic']
+            onnx_file, '--shape', '128', '128', '--dynamic', '--target', 'openvino']
     proc = _run([*args, '--cfg-options', 'model.test_cfg.0.nms=None'], timeout=300)
-    assert 'OK: every PyTorch top-20 detection has an ONNX Runtime twin' in proc.stdout
-    assert '2x3x96x96:' in proc.stdout  # dynamic H and W checked at a second size
+    for runtime in ('ONNX Runtime', 'OpenVINO'):
+        assert f'OK: every PyTorch top-20 detection has an {runtime} twin' in proc.stdout
+        assert f'{runtime}, 2x3x96x96:' in proc.stdout  # dynamic H, W checked at a 2nd size
+    attentions = [m for m in model.modules() if isinstance(m, CoMultiScaleDeformableAttention)]
+    assert len(attentions) > 2
+    assert check_onnx_graph(onnx_file)['GridSample'] == sum(m.num_levels * m.num_points
+                                                            for m in attentions)
     # with soft-NMS in test_cfg (not in the graph) the wrapper refuses, naming the option
     from projects.codetr.deploy import CoDETRDeployModel
     assert model.query_head.test_cfg.get('nms') is not None

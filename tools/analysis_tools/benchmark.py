@@ -59,7 +59,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='onnxruntime/openvino: export the inference path to ONNX at '
                              '--shape and time this runtime against PyTorch predict, '
                              'alternately (--mode infer); pytorch: PyTorch alone (the default)')
-    parser.add_argument('--onnx', help='with --backend: an exported file to use instead')
+    parser.add_argument('--onnx', help='with --backend: an exported file to use instead '
+                        '(by default the graph is exported with export_onnx\'s target = the '
+                        'backend)')
     parser.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default='fp32',
                         help='with --backend openvino: its compute precision')
     parser.add_argument('--raw', action='store_true',
@@ -161,8 +163,9 @@ def make_backend_step(model: torch.nn.Module, args: argparse.Namespace) -> Calla
     if onnx_file is None:
         onnx_file = str(Path(tempfile.mkdtemp()) / 'model.onnx')
         start = time.perf_counter()
-        export_onnx(deploy, images, onnx_file)
-        print(f'exported {onnx_file} in {time.perf_counter() - start:.0f} s')
+        export_onnx(deploy, images, onnx_file, target=args.backend)
+        print(f'exported {onnx_file} (arranged for {args.backend}) in '
+              f'{time.perf_counter() - start:.0f} s')
     runner = _Runner(onnx_file, args.backend, threads=torch.get_num_threads(),
                      precision=args.precision)
     batch = images.numpy()

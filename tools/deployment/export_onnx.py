@@ -1,4 +1,5 @@
-"""Export a Co-DETR checkpoint to ONNX and check the result with ONNX Runtime.
+"""Export a Co-DETR checkpoint to ONNX and check the result with ONNX Runtime (and
+OpenVINO with ``--target openvino``).
 
 Examples::
 
@@ -11,15 +12,18 @@ The graph holds the inference path only (backbone, neck, encoder, two-stage sele
 decoder, top-k), standard operators only. Input ``images``: float32 (N, 3, H, W), 0-255 BGR
 pixels as mmcv reads them; outputs ``boxes`` (N, K, 4) xyxy in input pixels, ``scores``
 (N, K), ``labels`` (N, K) int64. The graph is traced at ``--shape`` and specialised to it;
-``--dynamic`` leaves N, H and W free. Before reporting success the tool runs ONNX Runtime and
-PyTorch on the same random image (with ``--dynamic`` also on two images at 3/4 of the size)
-and requires every PyTorch top-20 detection to have a twin (same label, score within 1e-3,
-box within 0.5 px); it prints op counts, file size and latencies.
+``--dynamic`` leaves N, H and W free. ``--target openvino`` arranges the deformable attention
+for OpenVINO (faster there; either runtime runs either graph). Before reporting success the
+tool runs ONNX Runtime (with ``--target openvino`` also OpenVINO) and PyTorch on the same
+random image (with ``--dynamic`` also on two images at 3/4 of the size) and requires every
+PyTorch top-20 detection to have a twin (same label, score within 1e-3, box within 0.5 px);
+it prints op counts, file size and latencies.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -47,6 +51,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--dynamic', action='store_true',
                         help='dynamic batch size, height and width')
     parser.add_argument('--opset', type=int, default=17, help='ONNX opset (>= 16)')
+    parser.add_argument('--target', choices=['onnxruntime', 'openvino'], default='onnxruntime',
+                        help='the runtime the deformable attention is arranged for (either '
+                        'runs either graph; openvino: per-point sampling, faster there, and '
+                        'OpenVINO is checked and timed too)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value pairs')
     return parser.parse_args(argv)
@@ -82,11 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Export, verify with ONNX Runtime, report; returns the exit status."""
     args = parse_args(argv)
     import numpy as np
-    import onnxruntime as ort
     import torch
     from mmdet.apis import init_detector
 
     from projects.codetr.deploy import CoDETRDeployModel, check_onnx_graph, export_onnx
+    from projects.codetr.deploy.backend_model import _Runner
     from tools.misc.tool_utils import load_config, setup_modules
 
     setup_modules()
@@ -103,39 +111,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     h, w = args.shape
     g = torch.Generator().manual_seed(0)
     images = torch.rand(1, 3, h, w, generator=g) * 255
-    out = export_onnx(deploy, images, args.out, opset=args.opset, dynamic=args.dynamic)
+    out = export_onnx(deploy, images, args.out, opset=args.opset, dynamic=args.dynamic,
+                      target=args.target)
     ops = check_onnx_graph(out)
     print(f'ONNX file: {out} ({out.stat().st_size / 2**20:.1f} MiB), opset {args.opset}, '
-          f'input {"Nx3xHxW (dynamic N, H, W)" if args.dynamic else f"1x3x{h}x{w}"}')
+          f'input {"Nx3xHxW (dynamic N, H, W)" if args.dynamic else f"1x3x{h}x{w}"}, '
+          f'arranged for {args.target}')
     print(f'{sum(ops.values())} nodes: ' + ', '.join(f'{k} {v}' for k, v in ops.items()))
 
-    session = ort.InferenceSession(str(out), providers=['CPUExecutionProvider'])
+    runtimes = {'ONNX Runtime': _Runner(str(out), 'onnxruntime')}
+    if args.target == 'openvino':
+        runtimes['OpenVINO'] = _Runner(str(out), 'openvino')
     checks = [images]
     if args.dynamic:  # a second batch size and image size through the same graph
         checks.append(torch.rand(2, 3, h * 3 // 4, w * 3 // 4, generator=g) * 255)
-    missing = []
+    missing = {name: [] for name in runtimes}
     for batch in checks:
-        onnx_out = session.run(None, {'images': batch.numpy()})
         with torch.no_grad():
             torch_out = [t.numpy() for t in deploy(batch)]
-        missing += [m for b in range(batch.shape[0]) for m in missing_twins(
-            [t[b] for t in torch_out], [o[b] for o in onnx_out])]
-        print(f'{"x".join(map(str, batch.shape))}: max |score diff| '
-              f'{np.abs(onnx_out[1] - torch_out[1]).max():.2e}, max |box diff| '
-              f'{np.abs(onnx_out[0] - torch_out[0]).max():.2e} px (same rank)')
-    feeds = {'images': images.numpy()}
+        for name, runner in runtimes.items():
+            onnx_out = runner(batch.numpy())
+            missing[name] += [m for b in range(batch.shape[0]) for m in missing_twins(
+                [t[b] for t in torch_out], [o[b] for o in onnx_out])]
+            print(f'{name}, {"x".join(map(str, batch.shape))}: max |score diff| '
+                  f'{np.abs(onnx_out[1] - torch_out[1]).max():.2e}, max |box diff| '
+                  f'{np.abs(onnx_out[0] - torch_out[0]).max():.2e} px (same rank)')
+    pixels = images.numpy()
     with torch.no_grad():
-        torch_s = _median_latency(lambda: deploy(images))
-    ort_s = _median_latency(lambda: session.run(None, feeds))
-    print(f'latency (median of 5, {torch.get_num_threads()} threads): PyTorch {torch_s * 1e3:.1f} '
-          f'ms, ONNX Runtime {ort_s * 1e3:.1f} ms (ratio {ort_s / torch_s:.2f})')
-    if missing:
-        print(f'FAILED: {len(missing)} PyTorch top-{TOP} detections have no ONNX Runtime twin '
-              f'(label, score, box): {missing[:5]}', file=sys.stderr)
-        return 1
-    print(f'OK: every PyTorch top-{TOP} detection has an ONNX Runtime twin')
-    return 0
-
+        latencies = {'PyTorch': _median_latency(lambda: deploy(images))}
+    for name, runner in runtimes.items():
+        latencies[name] = _median_latency(functools.partial(runner, pixels))
+    print(f'latency (median of 5, {torch.get_num_threads()} threads): ' + ', '.join(
+        f'{name} {sec * 1e3:.1f} ms' for name, sec in latencies.items()) + ' (ratios to '
+        'PyTorch: ' + ', '.join(f'{name} {latencies[name] / latencies["PyTorch"]:.2f}'
+                                for name in runtimes) + ')')
+    failed = False
+    for name, lost in missing.items():
+        if lost:
+            print(f'FAILED: {len(lost)} PyTorch top-{TOP} detections have no {name} twin '
+                  f'(label, score, box): {lost[:5]}', file=sys.stderr)
+            failed = True
+        else:
+            print(f'OK: every PyTorch top-{TOP} detection has an {name} twin')
+    return int(failed)
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -10,8 +10,9 @@
   on an unpadded batch.
 
 The deformable attention is exported as ``GridSample`` (opset >= 16; the formulation of
-:func:`~projects.codetr.ops.ms_deform_attn.multi_scale_deformable_attn_onnx`), so stock ONNX
-Runtime and OpenVINO run the graph without custom operators. The sizes that depend on the
+:func:`~projects.codetr.ops.ms_deform_attn.multi_scale_deformable_attn_onnx`, arranged for
+the ``target`` runtime), so stock ONNX Runtime and OpenVINO run the graph without custom
+operators. The sizes that depend on the
 input (feature maps, reference points, proposals) are computed from tensor shapes, so the
 graph can leave N, H and W dynamic.
 """
@@ -25,6 +26,11 @@ from typing import Dict, Sequence, Tuple
 import torch
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
 from torch import Tensor, nn
+
+from ..ops.ms_deform_attn import CoMultiScaleDeformableAttention
+
+# The runtimes an exported graph can be arranged for (export_onnx's ``target``).
+TARGETS = ('onnxruntime', 'openvino')
 
 # Modules that exist only for training: none of their names may appear in the graph.
 AUX_MODULE_NAMES = ('rpn_head', 'roi_head', 'bbox_head', 'aux_pos_trans', 'pos_feats_trans',
@@ -81,7 +87,7 @@ class CoDETRDeployModel(nn.Module):
 
 
 def export_onnx(deploy_model: CoDETRDeployModel, images: Tensor, out_file: str | Path,
-                opset: int = 17, dynamic: bool = False) -> Path:
+                opset: int = 17, dynamic: bool = False, target: str = 'onnxruntime') -> Path:
     """Export with torch's TorchScript-based exporter.
 
     Args:
@@ -91,13 +97,20 @@ def export_onnx(deploy_model: CoDETRDeployModel, images: Tensor, out_file: str |
         opset (int): ONNX opset, >= 16 (``GridSample``).
         dynamic (bool): Leave N, H and W free; otherwise the graph is specialised to the
             shape of ``images``.
+        target (str): The runtime the deformable attention is arranged for, one of
+            :data:`TARGETS`: ``'onnxruntime'`` samples per level, ``'openvino'`` per level
+            and point (:func:`~projects.codetr.ops.ms_deform_attn.
+            multi_scale_deformable_attn_onnx`). Both runtimes run either graph, with the
+            same results up to rounding.
 
     Raises:
-        ValueError: For ``opset`` < 16.
+        ValueError: For ``opset`` < 16 or an unknown ``target``.
     """
     if opset < 16:
         raise ValueError(f'--opset {opset}: the deformable attention exports as GridSample, '
                          'which needs opset >= 16')
+    if target not in TARGETS:
+        raise ValueError(f'target={target!r}: expected one of {TARGETS}')
     deploy_model.eval()
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -105,13 +118,22 @@ def export_onnx(deploy_model: CoDETRDeployModel, images: Tensor, out_file: str |
     if dynamic:
         dynamic_axes = {'images': {0: 'batch', 2: 'height', 3: 'width'},
                         **{name: {0: 'batch'} for name in deploy_model.output_names}}
-    with torch.no_grad(), warnings.catch_warnings():
-        # The tracer warns wherever a size becomes a Python value; the shapes that must stay
-        # symbolic are built from tensors (tests export at one size and run at others).
-        warnings.simplefilter('ignore', torch.jit.TracerWarning)
-        torch.onnx.export(deploy_model, (images, ), str(out_file), opset_version=opset,
-                          input_names=['images'], output_names=deploy_model.output_names,
-                          dynamic_axes=dynamic_axes, dynamo=False)
+    attentions = [m for m in deploy_model.modules()
+                  if isinstance(m, CoMultiScaleDeformableAttention)]
+    before = [m.onnx_per_point for m in attentions]
+    try:
+        for m in attentions:
+            m.onnx_per_point = target == 'openvino'
+        with torch.no_grad(), warnings.catch_warnings():
+            # The tracer warns wherever a size becomes a Python value; the shapes that must
+            # stay symbolic are built from tensors (tests export at one size, run at others).
+            warnings.simplefilter('ignore', torch.jit.TracerWarning)
+            torch.onnx.export(deploy_model, (images, ), str(out_file), opset_version=opset,
+                              input_names=['images'], output_names=deploy_model.output_names,
+                              dynamic_axes=dynamic_axes, dynamo=False)
+    finally:
+        for m, value in zip(attentions, before):
+            m.onnx_per_point = value
     return out_file
 
 
