@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import build_model, load_cfg
+from reliability_fixtures import log_text, logs_fixture  # noqa: F401
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_tools import COCO_KEYS, REPO_ROOT, _run  # noqa: E402
@@ -55,7 +56,9 @@ def test_graph_is_the_inference_path_in_standard_operators(exported):
     _, onnx_file, _ = exported
     ops = check_onnx_graph(onnx_file)
     assert ops['GridSample'] == 4 * 4  # 2 encoder + 2 decoder layers x 4 levels
-    graph = onnx.load(str(onnx_file)).graph
+    model = onnx.load(str(onnx_file))
+    assert {p.key: p.value for p in model.metadata_props} == {'codetr_target': 'onnxruntime'}
+    graph = model.graph
     assert all(n.domain in ('', 'ai.onnx') for n in graph.node)
     names = ' '.join([n.name for n in graph.node] + [i.name for i in graph.initializer])
     for part in ('rpn_head', 'roi_head', 'bbox_head', 'aux_pos_trans', 'head_pos_embed'):
@@ -113,15 +116,18 @@ def test_onnxruntime_reproduces_pytorch_predict(exported):
 
 
 @pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
-def test_dynamic_height_and_width(exported, backend):
+def test_dynamic_height_and_width(exported, backend, logs):
     """One graph (traced at 128x128) runs other sizes, non-square and with 1x1 top levels,
-    and reproduces CoDETR.predict at each."""
+    and reproduces CoDETR.predict at each. Both runtimes read the target the graph was
+    arranged for (default onnxruntime); OpenVINO warns, naming --target openvino."""
     pytest.importorskip(backend)
     from projects.codetr.deploy.backend_model import _Runner
     from tools.deployment.export_onnx import missing_twins
     model, onnx_file, _ = exported
     runner = _Runner(str(onnx_file), backend)
     assert runner.batch is runner.height is runner.width is None
+    assert runner.target == 'onnxruntime'
+    assert ('--target openvino arranges' in log_text(logs)) == (backend == 'openvino')
     g = torch.Generator().manual_seed(4)
     for n, h, w in ((2, 96, 160), (1, 200, 72), (1, 40, 50)):
         raw = [torch.randint(0, 255, (3, h, w), generator=g, dtype=torch.uint8)

@@ -20,15 +20,22 @@ from mmengine.model import BaseModel
 from mmengine.structures import InstanceData
 from torch import Tensor
 
+from .onnx_export import TARGET_KEY
+
 BACKENDS = ('onnxruntime', 'openvino')
 PRECISIONS = {'fp32': 'f32', 'bf16': 'bf16', 'fp16': 'f16'}  # OpenVINO's precision hints
 
 
 class _Runner:
-    """``images`` (N, 3, H, W) float32 -> [boxes, scores, labels] with one backend."""
+    """``images`` (N, 3, H, W) float32 -> [boxes, scores, labels] with one backend.
+
+    ``target`` is the runtime the graph was arranged for (``export_onnx``'s metadata; None
+    for a graph without it); a graph arranged for the other runtime runs, with a warning
+    unless ``warn_target`` is False.
+    """
 
     def __init__(self, onnx_file: str, backend: str, threads: Optional[int] = None,
-                 precision: str = 'fp32') -> None:
+                 precision: str = 'fp32', warn_target: bool = True) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f'precision={precision!r}: expected one of {tuple(PRECISIONS)}')
         if precision != 'fp32' and backend != 'openvino':
@@ -42,6 +49,7 @@ class _Runner:
             self._session = ort.InferenceSession(onnx_file, options,
                                                  providers=['CPUExecutionProvider'])
             shape = self._session.get_inputs()[0].shape
+            self.target = self._session.get_modelmeta().custom_metadata_map.get(TARGET_KEY)
             self.run = lambda images: self._session.run(None, {'images': images})
         elif backend == 'openvino':
             import openvino as ov
@@ -50,7 +58,11 @@ class _Runner:
             config = {'INFERENCE_PRECISION_HINT': PRECISIONS[precision]}
             if threads:
                 config['INFERENCE_NUM_THREADS'] = threads
-            compiled = core.compile_model(core.read_model(onnx_file), 'CPU', config)
+            model = core.read_model(onnx_file)
+            key = ['framework', TARGET_KEY]  # where the ONNX frontend puts metadata_props
+            self.target = (model.get_rt_info(key).astype(str) if model.has_rt_info(key)
+                           else None)
+            compiled = core.compile_model(model, 'CPU', config)
             self.hint = compiled.get_property('INFERENCE_PRECISION_HINT').to_string()
             shape = [d.get_length() if d.is_static else None
                      for d in compiled.input(0).get_partial_shape()]
@@ -63,6 +75,11 @@ class _Runner:
             self.run = run
         else:
             raise ValueError(f'backend={backend!r}: expected one of {BACKENDS}')
+        if warn_target and self.target is not None and self.target != backend:
+            print_log(f'{onnx_file} was exported with --target {self.target}; '
+                      f'--target {backend} arranges the deformable attention faster for '
+                      f'{backend} (tools/deployment/export_onnx.py)', logger='current',
+                      level=logging.WARNING)
         # None where the axis is dynamic
         self.batch, self.height, self.width = (d if isinstance(d, int) else None
                                                for d in (shape[0], shape[2], shape[3]))

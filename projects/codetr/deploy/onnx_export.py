@@ -12,9 +12,8 @@
 The deformable attention is exported as ``GridSample`` (opset >= 16; the formulation of
 :func:`~projects.codetr.ops.ms_deform_attn.multi_scale_deformable_attn_onnx`, arranged for
 the ``target`` runtime), so stock ONNX Runtime and OpenVINO run the graph without custom
-operators. The sizes that depend on the
-input (feature maps, reference points, proposals) are computed from tensor shapes, so the
-graph can leave N, H and W dynamic.
+operators. The sizes that depend on the input (feature maps, reference points, proposals)
+are computed from tensor shapes, so the graph can leave N, H and W dynamic.
 """
 from __future__ import annotations
 
@@ -29,8 +28,10 @@ from torch import Tensor, nn
 
 from ..ops.ms_deform_attn import CoMultiScaleDeformableAttention
 
-# The runtimes an exported graph can be arranged for (export_onnx's ``target``).
+# The runtimes an exported graph can be arranged for (export_onnx's ``target``), and the
+# key of the graph's metadata that records it.
 TARGETS = ('onnxruntime', 'openvino')
+TARGET_KEY = 'codetr_target'
 
 # Modules that exist only for training: none of their names may appear in the graph.
 AUX_MODULE_NAMES = ('rpn_head', 'roi_head', 'bbox_head', 'aux_pos_trans', 'pos_feats_trans',
@@ -99,9 +100,9 @@ def export_onnx(deploy_model: CoDETRDeployModel, images: Tensor, out_file: str |
             shape of ``images``.
         target (str): The runtime the deformable attention is arranged for, one of
             :data:`TARGETS`: ``'onnxruntime'`` samples per level, ``'openvino'`` per level
-            and point (:func:`~projects.codetr.ops.ms_deform_attn.
-            multi_scale_deformable_attn_onnx`). Both runtimes run either graph, with the
-            same results up to rounding.
+            and point (``per_point`` of ``multi_scale_deformable_attn_onnx``). Both
+            runtimes run either graph, with the same results up to rounding. Recorded in
+            the graph's metadata under :data:`TARGET_KEY`.
 
     Raises:
         ValueError: For ``opset`` < 16 or an unknown ``target``.
@@ -134,6 +135,10 @@ def export_onnx(deploy_model: CoDETRDeployModel, images: Tensor, out_file: str |
     finally:
         for m, value in zip(attentions, before):
             m.onnx_per_point = value
+    import onnx
+    model = onnx.load(str(out_file))
+    model.metadata_props.add(key=TARGET_KEY, value=target)
+    onnx.save(model, str(out_file))
     return out_file
 
 

@@ -84,8 +84,9 @@ def multi_scale_deformable_attn_onnx(value: Tensor, spatial_shapes: Tensor,
       ``ReduceSum`` over the points (the faster graph in ONNX Runtime).
       ``per_point=True``: one ``GridSample`` per level and point over a (nq, 1) grid, summed
       by a chain of multiply-adds. OpenVINO fuses that chain into one pass, where its
-      ``ReduceSum`` over a size-4 axis reads at a tenth of memory speed: 0.85x the latency
-      at R50 800x1333 in bf16, 0.92x in fp32; ONNX Runtime runs the chain unfused (1.33x).
+      ``ReduceSum`` over the points reads at about an eighth of memory speed: 0.85x the
+      latency at R50 800x1333 in bf16, the same in fp32 (0.92 and 0.99 in two alternating
+      runs); ONNX Runtime runs the chain unfused (1.33x).
 
     The sums differ from mmcv's in rounding only.
 
