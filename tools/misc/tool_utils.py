@@ -118,8 +118,9 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
                         'from PyTorch\'s by more than rounding)')
     parser.add_argument('--no-cpu-optim', action='store_true',
                         help='PyTorch on CPU: run the modules as loaded (by default the '
-                        'backbone/neck BatchNorms are folded into their convolutions and '
-                        'stored channels-last: same detections, faster)')
+                        'backbone/neck BatchNorms are folded into their convolutions, stored '
+                        'channels-last, and the sampling locations computed in one pass: same '
+                        'detections, faster)')
 
 
 def check_backend_arguments(args: argparse.Namespace) -> None:

@@ -30,7 +30,8 @@ from ..ops.ms_deform_attn import CoMultiScaleDeformableAttention
 
 
 def optimize_for_cpu_inference(model: nn.Module) -> nn.Module:
-    """Fuse conv + BN and go channels-last in ``model.backbone`` and ``model.neck``.
+    """Fuse conv + BN and go channels-last in ``model.backbone`` and ``model.neck``; switch
+    the deformable attention to one-pass sampling locations.
 
     Args:
         model (nn.Module): A detector; it is switched to eval mode and changed in place.
