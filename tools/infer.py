@@ -6,10 +6,18 @@ Writes one visualised PNG per image (boxes, class names, scores) and ``detection
     python tools/infer.py data/synthetic/val CONFIG CKPT --out-dir outputs/ --device cuda:0
     python tools/infer.py demo.png CONFIG MODEL.onnx --out-dir outputs/ --backend onnxruntime
 
-``detections.json`` holds ``{"config", "checkpoint", "score_thr", "classes", "images": [...]}``
-with, per image: ``file``, ``width``, ``height``, ``bboxes`` (``[x1, y1, x2, y2]`` in input-image
-pixels), ``scores``, ``labels`` (0-based) and ``class_names``; only detections with
-``score >= --score-thr`` are kept.
+``detections.json`` holds ``{"config", "checkpoint", "score_thr", "classes", "images": [...],
+"num_skipped", "skipped": [...], "interrupted"}`` with, per image: ``file``, ``width``,
+``height``, ``bboxes`` (``[x1, y1, x2, y2]`` in input-image pixels), ``scores``, ``labels``
+(0-based) and ``class_names``; only detections with ``score >= --score-thr`` are kept.
+
+Nothing made is lost: an image that cannot be read or decoded is skipped (named in the log and
+in ``skipped`` with the reason), the other images are processed, and the exit code is 3.
+SIGINT or SIGTERM stops after the image in progress, writes ``detections.json`` for the images
+done (``"interrupted": true``) and exits with 130 / 143. The file is replaced atomically, so it
+is always complete JSON. The checkpoint must fit the config's model; a mismatch stops before any
+image with the list of tensors that do not fit (``--allow-partial-checkpoint`` loads what fits and
+records ``"partial_checkpoint"`` in the JSON).
 
 For small images (e.g. the synthetic 128 px ones) ``--min-side 1024`` upscales the drawings so
 names and scores stay legible (mmdet's visualiser draws 13 px labels on boxes of at least
@@ -24,8 +32,12 @@ drawings::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -37,6 +49,8 @@ from mmengine.config import DictAction  # noqa: E402
 
 from tools.misc.tool_utils import add_backend_argument, check_backend_arguments  # noqa: E402
 
+#: Exit code when some images could not be read (the others were processed).
+EXIT_SKIPPED = 3
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
@@ -64,10 +78,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='number of drawings in the contact sheet')
     parser.add_argument('--sheet-tile', type=int, default=512,
                         help='height in pixels of each drawing in the contact sheet')
+    parser.add_argument('--allow-partial-checkpoint', action='store_true',
+                        help='run even if the checkpoint does not fit the model (tensors that '
+                        'do not fit keep their random initialisation); recorded in the JSON')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value pairs')
     args = parser.parse_args(argv)
     check_backend_arguments(args)
+    if args.allow_partial_checkpoint and args.backend != 'pytorch':
+        parser.error('--allow-partial-checkpoint applies to PyTorch checkpoints, not to '
+                     f'--backend {args.backend}')
     if args.min_side < 0 or args.sheet_size < 1 or args.sheet_tile < 16:
         parser.error(f'--min-side {args.min_side} / --sheet-size {args.sheet_size} / '
                      f'--sheet-tile {args.sheet_tile}: expected --min-side >= 0, --sheet-size '
@@ -219,6 +239,61 @@ def _to_json(output: dict) -> str:
     return '{\n' + '\n'.join(lines) + f'\n "images": [\n  {images}\n ]\n}}\n'
 
 
+def write_json_atomic(output: dict, path: Path) -> None:
+    """Write ``detections.json`` to a temporary file and rename it into place."""
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    tmp.write_text(_to_json(output))
+    os.replace(tmp, path)
+
+
+def read_image(path: Path):
+    """Decode an image file as RGB, or say why it cannot be used.
+
+    Returns:
+        tuple: ``(image, None)`` or ``(None, problem)``.
+    """
+    import mmcv
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, f'cannot be read ({exc.strerror or exc})'
+    if not data:
+        return None, 'is empty (0 bytes)'
+    try:
+        image = mmcv.imfrombytes(data, channel_order='rgb')
+    except Exception as exc:  # decoder errors of any type
+        return None, f'cannot be decoded ({type(exc).__name__}: {exc})'
+    if image is None:
+        return None, 'cannot be decoded (truncated or not an image)'
+    return image, None
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; ``signum`` says which (a BaseException, like
+    KeyboardInterrupt, so that ``except Exception`` around a step cannot swallow it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Turn SIGINT and SIGTERM into :class:`Interrupted` (main thread only), then restore."""
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run inference and write the outputs.
 
@@ -227,13 +302,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """
     args = parse_args(argv)
 
-    import mmcv
     import torch
-    from mmdet.apis import inference_detector, init_detector
+    from mmdet.apis import inference_detector
     from mmdet.registry import VISUALIZERS
 
     from projects.codetr.deploy import optimize_for_cpu_inference
-    from tools.misc.tool_utils import load_config, setup_modules
+    from tools.misc.tool_utils import init_detector_checked, load_config, setup_modules
 
     setup_modules()
     cfg = load_config(args.config, args.cfg_options)
@@ -242,11 +316,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if not 0.0 <= args.score_thr <= 1.0:
         raise ValueError(f'--score-thr {args.score_thr}: expected a value in [0, 1]')
     images = list_images(args.input)
-    device = args.device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
+    args.device = args.device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
 
+    partial = None
     if args.backend == 'pytorch':
-        model = init_detector(cfg, args.checkpoint, device=device)
-        if device == 'cpu' and not args.no_cpu_optim:
+        model, partial = init_detector_checked(cfg, args.checkpoint, args.device, args.config,
+                                               args.allow_partial_checkpoint)
+        if args.device == 'cpu' and not args.no_cpu_optim:
             optimize_for_cpu_inference(model)
     else:
         model = _backend_model(cfg, args.checkpoint, args.backend, args.precision)
@@ -258,40 +334,80 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ground_truth = load_ground_truth(args.gt_ann, classes) if args.gt_ann else None
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records, drawings = [], []
-    for image_path in images:
-        result = inference_detector(model, str(image_path))
-        pred = result.pred_instances
-        keep = pred.scores >= args.score_thr
-        bboxes = pred.bboxes[keep].cpu().tolist()
-        scores = pred.scores[keep].cpu().tolist()
-        labels = pred.labels[keep].cpu().tolist()
-        height, width = result.ori_shape
-        records.append(dict(
-            file=str(image_path), width=int(width), height=int(height),
-            bboxes=[[round(v, 2) for v in box] for box in bboxes],
-            scores=[round(s, 4) for s in scores], labels=labels,
-            class_names=[classes[i] if i < len(classes) else str(i) for i in labels]))
-        image = mmcv.imread(str(image_path), channel_order='rgb')
-        gt = None
-        if ground_truth is not None:
-            gt = ground_truth.get(image_path.name, ([], []))
-        drawings.append(out_dir / f'{image_path.stem}.png')
-        draw_detections(visualizer, image, result, drawings[-1], args.score_thr,
-                        min_side=args.min_side, gt=gt)
-        print(f'{image_path}: {len(scores)} detections (score >= {args.score_thr})')
-
-    output = dict(config=str(args.config), checkpoint=str(args.checkpoint),
-                  score_thr=args.score_thr, classes=classes, images=records)
     json_path = out_dir / 'detections.json'
-    json_path.write_text(_to_json(output))
+    records, drawings, skipped = [], [], []
+    output = dict(config=str(args.config), checkpoint=str(args.checkpoint),
+                  score_thr=args.score_thr, classes=classes, num_skipped=0, skipped=skipped,
+                  interrupted=False)
+    if partial is not None:
+        output['partial_checkpoint'] = partial.to_dict()
+    output['images'] = records
+    try:
+        with stop_on_signals():
+            for image_path in images:
+                image, problem = read_image(image_path)
+                if problem is not None:
+                    skipped.append(dict(file=str(image_path), reason=problem))
+                    print(f'WARNING: {image_path} {problem}: skipped', file=sys.stderr)
+                    continue
+                result = inference_detector(model, str(image_path))
+                records.append(_record(image_path, result, args.score_thr, classes))
+                gt = None
+                if ground_truth is not None:
+                    gt = ground_truth.get(image_path.name, ([], []))
+                drawings.append(out_dir / f'{image_path.stem}.png')
+                draw_detections(visualizer, image, result, drawings[-1], args.score_thr,
+                                min_side=args.min_side, gt=gt)
+                print(f'{image_path}: {len(records[-1]["scores"])} detections '
+                      f'(score >= {args.score_thr})')
+    except Interrupted as exc:
+        output['interrupted'] = str(exc)
+        print(f'{exc}: stopped after {len(records)} of {len(images)} images', file=sys.stderr)
+    finally:  # whatever happens, the predictions made so far are written
+        output['num_skipped'] = len(skipped)
+        write_json_atomic(output, json_path)
     print(f'wrote {len(records)} visualisations and {json_path}')
-    if args.contact_sheet:
+    if skipped:
+        print(f'WARNING: skipped {len(skipped)} of {len(images)} images that cannot be used: '
+              + ', '.join(s['file'] for s in skipped[:20]), file=sys.stderr)
+    if args.contact_sheet and drawings and not output['interrupted']:
         sheet = write_contact_sheet(drawings[:args.sheet_size], args.contact_sheet,
                                     tile=args.sheet_tile)
         print(f'wrote the contact sheet {sheet}')
     return output
 
 
+def _record(image_path: Path, result, score_thr: float, classes: list) -> dict:
+    """The ``detections.json`` entry of one image."""
+    pred = result.pred_instances
+    keep = pred.scores >= score_thr
+    bboxes = pred.bboxes[keep].cpu().tolist()
+    scores = pred.scores[keep].cpu().tolist()
+    labels = pred.labels[keep].cpu().tolist()
+    height, width = result.ori_shape
+    return dict(file=str(image_path), width=int(width), height=int(height),
+                bboxes=[[round(v, 2) for v in box] for box in bboxes],
+                scores=[round(s, 4) for s in scores], labels=labels,
+                class_names=[classes[i] if i < len(classes) else str(i) for i in labels])
+
+
+def exit_code(output: dict) -> int:
+    """0 when every image was processed, 128 + signal when interrupted, 3 when some were
+    skipped."""
+    if output['interrupted']:
+        return 128 + int(getattr(signal, output['interrupted']))
+    return EXIT_SKIPPED if output['num_skipped'] else 0
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``main`` for the command line: known failures end in one message and exit code 1."""
+    from projects.codetr.utils import CheckpointFileError, CheckpointMismatchError
+    try:
+        return exit_code(main(argv))
+    except (CheckpointFileError, CheckpointMismatchError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+
+
 if __name__ == '__main__':
-    main()
+    sys.exit(cli())

@@ -9,6 +9,13 @@ Examples::
 
 Besides mmengine's logs, the metrics are written to ``--metrics-out`` (default
 ``<work_dir>/test_metrics.json``).
+
+Nothing is evaluated partly or quietly: the checkpoint must fit the config's model (missing,
+unexpected or size-mismatched tensors stop the run before inference; ``--allow-partial-checkpoint``
+loads what fits and records it in the metrics file), a checkpoint that cannot be read stops with
+one line naming it, and every test image is read before inference (missing or undecodable ones
+stop the run with their list; ``--skip-bad-images`` leaves them out of inference and evaluation
+and lists them in the metrics file).
 """
 
 from __future__ import annotations
@@ -48,11 +55,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override config settings, key=value pairs, e.g. test_dataloader.batch_size=1')
+    parser.add_argument('--allow-partial-checkpoint', action='store_true',
+                        help='evaluate even if the checkpoint does not fit the model (tensors '
+                        'that do not fit keep their random initialisation); recorded in the '
+                        'metrics file')
+    parser.add_argument('--skip-bad-images', action='store_true',
+                        help='leave missing or undecodable test images out of inference and '
+                        'evaluation (listed in the metrics file) instead of stopping')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     check_backend_arguments(args)
+    if args.allow_partial_checkpoint and args.backend != 'pytorch':
+        parser.error('--allow-partial-checkpoint applies to PyTorch checkpoints, not to '
+                     f'--backend {args.backend}')
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
@@ -90,8 +107,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
+    from projects.codetr.utils import read_checkpoint
     from tools.misc.tool_utils import (
         check_dataset_paths,
+        check_eval_images,
         load_config,
         setup_modules,
         use_cpu_distributed_if_needed,
@@ -102,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg.launcher = args.launcher
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
+    if args.backend == 'pytorch':
+        read_checkpoint(args.checkpoint, mmap=True)  # a bad file stops here, in one line
 
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
@@ -115,8 +136,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
                          backend=args.backend, precision=args.precision)
         cfg.load_from = None
         cfg.pop('model_wrapper_cfg', None)
-    elif not args.no_cpu_optim:  # conv + BN folding and channels-last, on CPU only
-        cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='CPUInferenceHook')]
+    else:
+        # the checkpoint must fit the model (mmengine would load what fits, quietly)
+        match_hook = dict(type='CheckpointMatchHook', allow_partial=args.allow_partial_checkpoint,
+                          checkpoint=args.checkpoint, config=args.config)
+        cfg.custom_hooks = [*cfg.get('custom_hooks', []), match_hook]
+        if not args.no_cpu_optim:  # conv + BN folding and channels-last, on CPU only
+            cfg.custom_hooks.append(dict(type='CPUInferenceHook'))
 
     if args.show_dir:
         hooks = cfg.get('default_hooks') or {}
@@ -130,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise ValueError(f'--out {args.out!r}: the dump file must end with .pkl or .pickle')
 
     check_dataset_paths(cfg, ('test_dataloader',))
+    skipped = check_eval_images(cfg, 'test_dataloader', skip=args.skip_bad_images)
     use_cpu_distributed_if_needed(cfg, args.launcher)
 
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
@@ -141,13 +168,36 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if is_main_process():
         metrics_out = args.metrics_out or osp.join(cfg.work_dir, 'test_metrics.json')
         os.makedirs(osp.dirname(osp.abspath(metrics_out)), exist_ok=True)
+        record = {k: float(v) if isinstance(v, int | float) else v for k, v in metrics.items()}
+        partial = runner.message_hub.get_info('checkpoint_match')
+        if partial is not None:  # --allow-partial-checkpoint and the checkpoint did not fit
+            record['partial_checkpoint'] = dict(partial, checkpoint=args.checkpoint)
+        if args.skip_bad_images:
+            record['skipped_images'] = dict(count=len(skipped), images=skipped)
         with open(metrics_out, 'w') as f:
-            json.dump({k: float(v) if isinstance(v, int | float) else v
-                       for k, v in metrics.items()}, f, indent=2)
+            json.dump(record, f, indent=2)
         print(format_metrics(metrics))
+        if partial is not None:
+            print(f'WARNING: evaluated a partly loaded checkpoint ({partial["num_loaded"]} of '
+                  f'{partial["num_model"]} tensors); see "partial_checkpoint" in {metrics_out}')
+        if skipped:
+            print(f'WARNING: {len(skipped)} unusable test images were left out; see '
+                  f'"skipped_images" in {metrics_out}')
         print(f'metrics written to {metrics_out}')
     return metrics
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``main`` for the command line: known failures end in one message and exit code 1."""
+    from projects.codetr.utils import CheckpointFileError, CheckpointMismatchError
+    from tools.misc.tool_utils import BadImagesError
+    try:
+        main(argv)
+    except (CheckpointFileError, CheckpointMismatchError, BadImagesError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == '__main__':
-    main()
+    sys.exit(cli())

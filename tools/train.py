@@ -113,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise FileNotFoundError(f'load_from={cfg.load_from!r} in {args.config} does '
                                     'not exist')
 
+    if cfg.get('resume'):
+        add_resume_check(cfg, args.config)
+
     loaders = ('train_dataloader',) + (('val_dataloader',) if cfg.get('val_cfg') else ())
     check_dataset_paths(cfg, loaders)
     use_cpu_distributed_if_needed(cfg, args.launcher)
@@ -121,5 +124,37 @@ def main(argv: Sequence[str] | None = None) -> None:
     runner.train()
 
 
+def add_resume_check(cfg, config_path: str) -> None:
+    """Refuse, before any training step, a resume checkpoint that does not fit the model.
+
+    mmengine resumes with ``strict=False``: a changed model would continue with the tensors
+    that do not fit reset to their initialisation. An explicit ``--resume CKPT`` is read
+    first, so a corrupt file is reported in one line (``--resume`` alone takes the work dir's
+    last complete checkpoint, after ``AtomicCheckpointHook`` has repaired the pointer).
+    Fine-tuning with ``load_from`` keeps its partial loading.
+    """
+    from projects.codetr.utils import read_checkpoint
+
+    checkpoint = cfg.get('load_from')  # None: the work dir's last checkpoint, found later
+    if checkpoint and '://' not in checkpoint:
+        read_checkpoint(checkpoint, mmap=True)
+    cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(
+        type='CheckpointMatchHook', checkpoint=checkpoint, config=config_path,
+        way_out='A resumed run continues the same model: resume with the config the '
+        'checkpoint was trained with, or start a new run from these weights with '
+        'load_from=CHECKPOINT (fine-tuning, which loads what fits).')]
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``main`` for the command line: checkpoint refusals end in one message and exit 1."""
+    from projects.codetr.utils import CheckpointFileError, CheckpointMismatchError
+    try:
+        main(argv)
+    except (CheckpointFileError, CheckpointMismatchError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == '__main__':
-    main()
+    sys.exit(cli())

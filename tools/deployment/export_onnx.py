@@ -57,6 +57,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='the runtime the deformable attention is arranged for (either '
                         'runs either graph; openvino: per-point sampling, faster there, and '
                         'OpenVINO is checked and timed too)')
+    parser.add_argument('--allow-partial-checkpoint', action='store_true',
+                        help='export even if the checkpoint does not fit the model (tensors '
+                        'that do not fit keep their random initialisation)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value pairs')
     return parser.parse_args(argv)
@@ -93,11 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import numpy as np
     import torch
-    from mmdet.apis import init_detector
 
     from projects.codetr.deploy import CoDETRDeployModel, check_onnx_graph, export_onnx
     from projects.codetr.deploy.backend_model import _Runner
-    from tools.misc.tool_utils import load_config, setup_modules
+    from tools.misc.tool_utils import init_detector_checked, load_config, setup_modules
 
     setup_modules()
     cfg = load_config(args.config, args.cfg_options)
@@ -107,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f'{args.config}: model.type={cfg.model.get("type")!r}; this tool '
                          'exports CoDETR configs')
     cfg.model.backbone.init_cfg = None  # the checkpoint has the weights
-    detector = init_detector(cfg, args.checkpoint, device='cpu')
+    detector, _ = init_detector_checked(cfg, args.checkpoint, 'cpu', args.config,
+                                        args.allow_partial_checkpoint)
     deploy = CoDETRDeployModel(detector).eval()
 
     h, w = args.shape
@@ -158,5 +161,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f'OK: every PyTorch top-{TOP} detection has an {name} twin')
     return int(failed)
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``main`` for the command line: checkpoint refusals end in one message and exit 1."""
+    from projects.codetr.utils import CheckpointFileError, CheckpointMismatchError
+    try:
+        return main(argv)
+    except (CheckpointFileError, CheckpointMismatchError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(cli())

@@ -230,3 +230,172 @@ def init_cpu_process_group(launcher: str, timeout: float | None = None) -> None:
         raise ValueError(f'--launcher {launcher!r}: CPU runs support pytorch and slurm')
     kwargs = {} if timeout is None else dict(timeout=datetime.timedelta(seconds=timeout))
     torch.distributed.init_process_group(backend='gloo', **kwargs)
+
+
+class BadImagesError(RuntimeError):
+    """Images of an evaluation dataset that are missing or cannot be decoded."""
+
+
+def _image_problem(path: str, backend_args: dict | None, flag: str, decoder: str) -> str | None:
+    """Why ``path`` cannot be loaded as the test pipeline loads it, or None."""
+    import mmcv
+    from mmengine.fileio import get
+    try:
+        data = get(path, backend_args=backend_args)
+    except FileNotFoundError:
+        return 'does not exist'
+    except Exception as exc:  # remote storage or permission errors of any type
+        return f'cannot be read ({type(exc).__name__}: {exc})'
+    if not data:
+        return 'is empty (0 bytes)'
+    try:
+        img = mmcv.imfrombytes(data, flag=flag, backend=decoder)
+    except Exception as exc:  # decoder errors of any type
+        return f'cannot be decoded ({type(exc).__name__}: {exc})'
+    if img is None or img.size == 0:
+        return 'cannot be decoded (truncated or not an image)'
+    return None
+
+
+def check_eval_images(cfg: Config, key: str = 'test_dataloader', skip: bool = False,
+                      option: str = '--skip-bad-images', workers: int = 4) -> list[dict]:
+    """Read every image of an evaluation dataset before inference; refuse or drop bad ones.
+
+    Each image is read and decoded as the first step of the test pipeline would
+    (``LoadImageFromFile``'s ``color_type``, ``imdecode_backend`` and ``backend_args``), so an
+    image that passes cannot fail during the run.
+
+    Args:
+        cfg: Config; with ``skip``, ``cfg[key].dataset`` gets ``indices`` of the good images and
+            the COCO evaluators get ``exclude_img_ids`` of the bad ones.
+        key: Dataloader key.
+        skip: Drop bad images instead of raising.
+        option: The command-line option that sets ``skip``, for the message.
+        workers: Decoding threads.
+
+    Returns:
+        list[dict]: ``{'file', 'img_id', 'problem'}`` per bad image (empty if none).
+
+    Raises:
+        BadImagesError: If an image is bad and ``skip`` is False, listing them.
+        ValueError: If ``skip`` is set and the dataset or evaluator cannot leave images out.
+    """
+    import copy
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mmdet.registry import DATASETS
+    from mmengine.registry import DefaultScope
+
+    ds_cfg = copy.deepcopy(cfg[key]['dataset'])
+    if ds_cfg.get('type') in ('CheckedCocoDataset', 'mmdet.CheckedCocoDataset'):
+        ds_cfg['check_image_files'] = False  # listed below with the undecodable ones
+    ds_cfg['lazy_init'] = False
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope') or 'mmdet'):
+        dataset = DATASETS.build(ds_cfg)
+    if not hasattr(dataset, 'get_data_info'):
+        return []
+    load_cfg = next((t for t in ds_cfg.get('pipeline', []) if 'LoadImage' in t.get('type', '')),
+                    {})
+    flag = load_cfg.get('color_type', 'color')
+    decoder = load_cfg.get('imdecode_backend', 'cv2')
+    backend_args = load_cfg.get('backend_args', None)
+    infos = [dataset.get_data_info(i) for i in range(len(dataset))]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        problems = list(pool.map(
+            lambda info: _image_problem(info['img_path'], backend_args, flag, decoder), infos))
+    bad_positions = {i for i, problem in enumerate(problems) if problem is not None}
+    bad = [dict(file=infos[i]['img_path'], img_id=infos[i].get('img_id'), problem=problems[i])
+           for i in sorted(bad_positions)]
+    print_log(f'{key}: read and decoded {len(infos)} images in '
+              f'{time.perf_counter() - start:.1f} s; {len(bad)} cannot be used',
+              logger='current', level=logging.WARNING if bad else logging.INFO)
+    if not bad:
+        return bad
+    listed = '\n'.join(f'  {b["file"]} (img_id={b["img_id"]}): {b["problem"]}' for b in bad[:20])
+    more = f'\n  ... and {len(bad) - 20} more' if len(bad) > 20 else ''
+    summary = f'{key}.dataset: {len(bad)} of {len(infos)} images cannot be used:\n{listed}{more}'
+    if not skip or len(bad) == len(infos):
+        if skip:
+            raise BadImagesError(f'{summary}\nNo image is left to evaluate.')
+        raise BadImagesError(f'{summary}\nFix or remove them (and their annotations), or pass '
+                             f'{option} to evaluate without them; the metrics file then lists '
+                             'them.')
+    _leave_out_images(cfg, key, bad, bad_positions, len(infos))
+    print_log(f'{summary}\n{option}: these images are left out of inference and evaluation',
+              logger='current', level=logging.WARNING)
+    return bad
+
+
+def _leave_out_images(cfg: Config, key: str, bad: list[dict], bad_positions: set[int],
+                      num_images: int) -> None:
+    """Restrict ``cfg[key].dataset`` to the good images and the COCO evaluators to their ids.
+
+    ``bad_positions`` index the dataset as built (after any ``indices`` of the config).
+    """
+    ds = cfg[key]['dataset']
+    if 'dataset' in ds or 'datasets' in ds:
+        raise ValueError(f'{key}.dataset is a wrapper ({ds.get("type")}); leaving images out '
+                         'works on a plain dataset only')
+    old = ds.get('indices')
+    base = list(range(old)) if isinstance(old, int) else list(old or range(num_images))
+    ds['indices'] = [base[i] for i in range(num_images) if i not in bad_positions]
+    if ds.get('type') in ('CheckedCocoDataset', 'mmdet.CheckedCocoDataset'):
+        ds['check_image_files'] = False
+    evaluator_key = key.replace('_dataloader', '_evaluator')
+    evaluators = cfg.get(evaluator_key)
+    evaluators = evaluators if isinstance(evaluators, list) else [evaluators]
+    for metric in evaluators:
+        if not metric:
+            continue
+        kind = str(metric.get('type', '')).split('.')[-1]
+        if kind in ('CocoMetric', 'CheckedCocoMetric'):
+            metric['type'] = 'CheckedCocoMetric'
+            metric['exclude_img_ids'] = [b['img_id'] for b in bad]
+        elif metric.get('ann_file'):
+            raise ValueError(f'{evaluator_key} {metric.get("type")} reads ground truth from '
+                             f'{metric["ann_file"]} and cannot leave images out; their objects '
+                             'would count as missed')
+
+
+def init_detector_checked(cfg: Config, checkpoint: str, device: str, config_path: str,
+                          allow_partial: bool = False) -> tuple[Any, Any]:
+    """mmdet's ``init_detector`` with the checkpoint read safely and checked against the model.
+
+    A file that cannot be read stops in one line (:class:`CheckpointFileError`); a checkpoint
+    whose tensors do not fit stops with the list (:class:`CheckpointMismatchError`) unless
+    ``allow_partial``, which loads what fits and returns the comparison. mmengine's own printed
+    list of tensors that did not load is not shown (the refusal says it).
+
+    Returns:
+        tuple: The model (eval mode, on ``device``) and the ``CheckpointMatch`` of a partial load
+        (None when the checkpoint fits).
+    """
+    import contextlib
+    import io
+    import sys
+
+    from mmdet.apis import init_detector
+
+    from projects.codetr.utils import read_checkpoint
+    from projects.codetr.utils.checkpoint_check import (
+        CheckpointMismatchError,
+        match_checkpoint,
+        mismatch_message,
+        state_dict_of,
+    )
+
+    ckpt = read_checkpoint(checkpoint, mmap=True)  # a bad file stops here, in one line
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = init_detector(cfg, checkpoint, device=device)
+    match = match_checkpoint(model, state_dict_of(ckpt))
+    if match.ok:
+        return model, None
+    message = mismatch_message(match, checkpoint, config_path)
+    if not allow_partial:
+        raise CheckpointMismatchError(message)
+    model.allow_partial_checkpoint = True
+    print(f'WARNING: {message}\n--allow-partial-checkpoint is set: running anyway',
+          file=sys.stderr)
+    return model, match

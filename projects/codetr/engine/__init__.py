@@ -1,4 +1,5 @@
-from .hooks import AtomicCheckpointHook, RandomStateHook
+from .hooks import AtomicCheckpointHook, CheckpointMatchHook, RandomStateHook
 from .optimizers import FiniteCheckOptimWrapper
 
-__all__ = ['AtomicCheckpointHook', 'RandomStateHook', 'FiniteCheckOptimWrapper']
+__all__ = ['AtomicCheckpointHook', 'CheckpointMatchHook', 'RandomStateHook',
+           'FiniteCheckOptimWrapper']

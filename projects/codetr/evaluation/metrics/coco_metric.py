@@ -1,6 +1,8 @@
 """COCO box metric for annotation files without the optional top-level ``info``."""
 from __future__ import annotations
 
+from typing import Sequence
+
 from mmdet.evaluation import CocoMetric
 from mmdet.registry import METRICS
 
@@ -29,10 +31,24 @@ def add_missing_coco_info(dataset: dict) -> bool:
 @METRICS.register_module()
 class CheckedCocoMetric(CocoMetric):
     """:class:`~mmdet.evaluation.CocoMetric` that also evaluates annotation files without the
-    optional ``info``/``licenses`` keys (see :func:`add_missing_coco_info`). Same arguments.
+    optional ``info``/``licenses`` keys (see :func:`add_missing_coco_info`).
+
+    Args:
+        *args, **kwargs: Arguments of :class:`~mmdet.evaluation.CocoMetric`.
+        exclude_img_ids: Images of ``ann_file`` left out of the evaluation (``tools/test.py
+            --skip-bad-images`` sets the ids of the images it could not read, so that their
+            objects do not count as missed; the metrics file lists them).
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, exclude_img_ids: Sequence[int] = (), **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.exclude_img_ids = tuple(exclude_img_ids)
         if self._coco_api is not None:  # loaded from `ann_file`
             add_missing_coco_info(self._coco_api.dataset)
+
+    def compute_metrics(self, results: list) -> dict:
+        """COCO metrics over the annotation file's images, less ``exclude_img_ids``."""
+        if self.exclude_img_ids and self._coco_api is not None and self.img_ids is None:
+            excluded = set(self.exclude_img_ids)
+            self.img_ids = [i for i in self._coco_api.get_img_ids() if i not in excluded]
+        return super().compute_metrics(results)

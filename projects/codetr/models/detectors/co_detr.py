@@ -11,6 +11,7 @@ from mmengine.config import ConfigDict
 from mmengine.model import ModuleList
 from torch import Tensor
 
+from ...utils.checkpoint_check import CheckpointFitMixin
 from ..layers.aux_queries import build_aux_query_targets
 
 CfgList = Optional[Union[ConfigType, Sequence[ConfigType]]]
@@ -26,7 +27,7 @@ def _as_list(cfg: CfgList) -> List[ConfigDict]:
 
 
 @MODELS.register_module()
-class CoDETR(BaseDetector):
+class CoDETR(CheckpointFitMixin, BaseDetector):
     """Co-DETR (Zong et al., "DETRs with Collaborative Hybrid Assignments
     Training", ICCV 2023, arXiv 2211.12860).
 
@@ -39,6 +40,11 @@ class CoDETR(BaseDetector):
 
     ``train_cfg``/``test_cfg`` are lists ordered as
     [query head, one (rpn + rcnn) entry per RoI head, one per dense head].
+
+    ``predict`` refuses to run after loading a checkpoint that does not fit
+    the model (missing, unexpected or size-mismatched tensors) until a
+    training step or ``allow_partial_checkpoint = True``
+    (:class:`~projects.codetr.utils.checkpoint_check.CheckpointFitMixin`).
 
     Args:
         backbone (dict): Backbone config.
@@ -184,6 +190,7 @@ class CoDETR(BaseDetector):
 
     def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> Dict[str, Tensor]:
         """Losses of the query head, the auxiliary heads and the aux queries."""
+        self.forget_checkpoint_fit()
         self._drop_attn_mask(batch_data_samples)
         x = self.extract_feat(batch_inputs)
         with_aux = self.with_rpn or len(self.roi_head) > 0 or len(self.bbox_head) > 0
@@ -226,6 +233,7 @@ class CoDETR(BaseDetector):
     def predict(self, batch_inputs: Tensor, batch_data_samples: SampleList,
                 rescale: bool = True) -> SampleList:
         """Detections of ``eval_module``; 'detr' runs the query head only."""
+        self.check_checkpoint_fit()
         self._drop_attn_mask(batch_data_samples)
         x = self.extract_feat(batch_inputs)
         if self.eval_module == 'detr':
