@@ -74,7 +74,9 @@ def _predict(model, official, eval_module):
 
 
 def _missing_twins(official_dets, official_labels, ours):
-    """Official top-20 detections with no twin in ours (same label, score, box)."""
+    """Detections without a twin (same label, score within SCORE_TOL, box within BOX_TOL), both
+    ways: the official top-20 among all of ours, and our top-20 among all official ones (an
+    extra high-score detection of ours fails too)."""
     missing = []
     order = official_dets[:, 4].argsort(descending=True)[:TOP]
     for idx in order.tolist():
@@ -83,8 +85,30 @@ def _missing_twins(official_dets, official_labels, ours):
                 & ((ours.scores - score).abs() <= SCORE_TOL)
                 & ((ours.bboxes - box).abs().amax(-1) <= BOX_TOL))
         if not twin.any():
-            missing.append((idx, int(label), float(score), box.tolist()))
+            missing.append(('official', idx, int(label), float(score), box.tolist()))
+    for idx in ours.scores.argsort(descending=True)[:TOP].tolist():
+        box, score, label = ours.bboxes[idx], ours.scores[idx], ours.labels[idx]
+        twin = ((official_labels == label)
+                & ((official_dets[:, 4] - score).abs() <= SCORE_TOL)
+                & ((official_dets[:, :4] - box).abs().amax(-1) <= BOX_TOL))
+        if not twin.any():
+            missing.append(('ours', idx, int(label), float(score), box.tolist()))
     return missing
+
+
+def test_twin_check_is_two_way(official):
+    """An exact copy passes; a wrong box, or a high-score detection only we have, fails."""
+    from mmengine.structures import InstanceData
+    dets, labels = official['outputs']['det_bboxes'][0], official['outputs']['det_labels'][0]
+    copy = InstanceData(bboxes=dets[:, :4].clone(), scores=dets[:, 4].clone(),
+                        labels=labels.clone())
+    assert _missing_twins(dets, labels, copy) == []
+    shifted = InstanceData(bboxes=copy.bboxes + 0.1, scores=copy.scores, labels=copy.labels)
+    assert {m[0] for m in _missing_twins(dets, labels, shifted)} == {'official', 'ours'}
+    extra = InstanceData(bboxes=torch.cat([copy.bboxes, torch.tensor([[1., 2., 30., 40.]])]),
+                         scores=torch.cat([copy.scores, torch.tensor([0.99])]),
+                         labels=torch.cat([copy.labels, torch.tensor([5])]))
+    assert [m[:3] for m in _missing_twins(dets, labels, extra)] == [('ours', len(dets), 5)]
 
 
 PATHS = {'detr': ('det_bboxes', 'det_labels'),
@@ -99,8 +123,8 @@ def test_official_detections_end_to_end(model, official, reference_msda, eval_mo
     for i, ours in enumerate(preds):
         missing = _missing_twins(official['outputs'][boxes_key][i],
                                  official['outputs'][labels_key][i], ours)
-        assert not missing, f'{eval_module}, image {i}: official detections without twin ' \
-                            f'(index, label, score, box): {missing[:5]}'
+        assert not missing, f'{eval_module}, image {i}: detections without twin ' \
+                            f'(side, index, label, score, box): {missing[:5]}'
 
 
 @pytest.mark.parametrize('eval_module', ['detr', 'one-stage'])

@@ -32,7 +32,6 @@ def test_cpu_optim_ab_with_profile(tmp_path, capsys):
 
 @pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
 def test_runtime_against_pytorch_with_raw_outputs(capsys, backend):
-    pytest.importorskip(backend)
     result = benchmark.main([*BASE, '--backend', backend, '--raw', '--repeat', '1'])
     assert set(result['results']) == {CONFIG, f'{backend} (fp32)'}
     printed = capsys.readouterr().out

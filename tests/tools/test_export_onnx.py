@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from conftest import build_model, load_cfg
@@ -17,7 +18,6 @@ from reliability_fixtures import log_text, logs_fixture  # noqa: F401
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_tools import COCO_KEYS, REPO_ROOT, _run  # noqa: E402
 
-ort = pytest.importorskip('onnxruntime')
 SYNTHETIC = REPO_ROOT / 'configs' / 'co_deformable_detr_synthetic.py'
 SHAPE = (128, 128)  # what the synthetic test pipeline resizes to
 
@@ -113,6 +113,10 @@ def test_onnxruntime_reproduces_pytorch_predict(exported):
         assert not missing_twins(ref, (boxes[i], scores[i], labels[i])), i
     # a twin is not found for a wrong box: the check can fail
     assert missing_twins(refs[0], (boxes[0] + 1.0, scores[0], labels[0]))
+    # nor for a high-score detection that only the runtime has (the check is two-way)
+    extra = (np.concatenate([boxes[0], [[1.0, 2.0, 30.0, 40.0]]]),
+             np.concatenate([scores[0], [0.99]]), np.concatenate([labels[0], [1]]))
+    assert [m[:3] for m in missing_twins(refs[0], extra)] == [('extra', 1, pytest.approx(0.99))]
 
 
 @pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
@@ -120,7 +124,6 @@ def test_dynamic_height_and_width(exported, backend, logs):
     """One graph (traced at 128x128) runs other sizes, non-square and with 1x1 top levels,
     and reproduces CoDETR.predict at each. Both runtimes read the target the graph was
     arranged for (default onnxruntime); OpenVINO warns, naming --target openvino."""
-    pytest.importorskip(backend)
     from projects.codetr.deploy.backend_model import _Runner
     from tools.deployment.export_onnx import missing_twins
     model, onnx_file, _ = exported
@@ -170,7 +173,6 @@ def test_static_graph_in_the_backend_model(exported, tmp_path):
 
 def test_openvino_precision_option(exported):
     """--precision reaches OpenVINO's compiled model; other runtimes refuse it."""
-    pytest.importorskip('openvino')
     from projects.codetr.deploy.backend_model import _Runner
     from tools.test import parse_args
     _, onnx_file, _ = exported
@@ -240,7 +242,6 @@ def pytorch_eval(exported, val_root, tmp_path_factory):
 
 @pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
 def test_test_tool_backend_matches_pytorch(exported, val_root, pytorch_eval, tmp_path, backend):
-    pytest.importorskip(backend)
     from tools.deployment.export_onnx import missing_twins
     _, onnx_file, _ = exported
     ref_dets, ref_metrics = pytorch_eval

@@ -65,6 +65,16 @@ def _data_options(data_root: Path) -> list[str]:
         f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}']
 
 
+def val_metrics(work_dir: Path, run: int = -1) -> dict[str, float]:
+    """The COCO metrics of the last validation of a training run in ``work_dir`` (``run``
+    indexes the runs, oldest first: a resume adds one)."""
+    scalars = sorted(work_dir.glob('*/vis_data/scalars.json'))[run]
+    records = [json.loads(line) for line in scalars.read_text().splitlines()]
+    vals = [r for r in records if 'coco/bbox_mAP' in r]
+    assert vals, f'no validation record in {work_dir}'
+    return {k: vals[-1][k] for k in COCO_KEYS}
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
@@ -222,8 +232,9 @@ def test_test_tool_prints_coco_metrics(trained: Path, data_root: Path, tmp_path:
                  '--show-dir', tmp_path / 'show', '--metrics-out', metrics_out,
                  *_data_options(data_root)])
     metrics = json.loads(metrics_out.read_text())
-    for key in COCO_KEYS:
-        assert -1.0 <= metrics[key] <= 1.0, (key, metrics)
+    # the same weights, images and evaluator as the first run's validation at iteration 4
+    assert {k: metrics[k] for k in COCO_KEYS} == pytest.approx(val_metrics(trained, run=0),
+                                                               abs=1e-4)
     assert 'coco/bbox_mAP' in proc.stdout and 'Average Precision' in proc.stdout
     with open(tmp_path / 'results.pkl', 'rb') as f:
         results = pickle.load(f)
@@ -404,14 +415,43 @@ def test_codetr_train_test_infer(codetr_trained: Path, data_root: Path,
         SYNTHETIC_CLASSES)
 
 
+def _predict_in_process(config: Path, ckpt: Path, images: list[Path], eval_module: str,
+                        data_root: Path) -> list:
+    """``pred_instances`` of each image from ``init_detector`` + ``inference_detector``."""
+    from mmdet.apis import inference_detector, init_detector
+
+    from tools.misc.tool_utils import load_config
+    cfg = load_config(str(config), {'model.eval_module': eval_module})
+    model = init_detector(cfg, str(ckpt), device='cpu')
+    return [inference_detector(model, str(image)).pred_instances for image in images]
+
+
 @pytest.mark.parametrize('eval_module', ['one-stage', 'two-stage'])
 def test_codetr_aux_heads_evaluate_through_test_tool(codetr_trained: Path, data_root: Path,
                                                      tmp_path: Path, eval_module: str) -> None:
-    metrics_out = tmp_path / 'metrics.json'
-    _run([sys.executable, 'tools/test.py', CODETR_SYNTHETIC, codetr_trained / 'epoch_1.pth',
-          '--work-dir', tmp_path / 'test', '--metrics-out', metrics_out,
+    """``--cfg-options model.eval_module=...`` evaluates that aux head: the tool's dumped
+    predictions are the head's own (in-process), which differ from the query head's."""
+    metrics_out, dump = tmp_path / 'metrics.json', tmp_path / 'results.pkl'
+    ckpt = codetr_trained / 'epoch_1.pth'
+    _run([sys.executable, 'tools/test.py', CODETR_SYNTHETIC, ckpt, '--work-dir',
+          tmp_path / 'test', '--metrics-out', metrics_out, '--out', dump, '--no-cpu-optim',
           *_codetr_options(data_root), f'model.eval_module={eval_module}'])
     assert set(COCO_KEYS) <= set(json.loads(metrics_out.read_text()))
+    with open(dump, 'rb') as f:
+        dumped = {Path(r['img_path']).name: r['pred_instances'] for r in pickle.load(f)}
+    images = sorted((data_root / 'val').glob('*.png'))
+    assert sorted(dumped) == [p.name for p in images]
+    heads = {m: _predict_in_process(CODETR_SYNTHETIC, ckpt, images, m, data_root)
+             for m in (eval_module, 'detr')}
+    for image, ours, detr in zip(images, heads[eval_module], heads['detr']):
+        tool = dumped[image.name]
+        assert len(tool['scores']) == len(ours) > 0, image.name
+        order = ours.scores.argsort(descending=True)
+        tool_order = tool['scores'].argsort(descending=True)
+        np.testing.assert_allclose(tool['scores'][tool_order], ours.scores[order], atol=1e-5)
+        np.testing.assert_allclose(tool['bboxes'][tool_order], ours.bboxes[order], atol=1e-3)
+        assert len(detr) != len(ours) or not np.allclose(
+            detr.scores.sort(descending=True).values, ours.scores[order], atol=1e-3)
 
 
 def test_codetr_dist_train_two_cpu_processes(data_root: Path, tmp_path: Path) -> None:

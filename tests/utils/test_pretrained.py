@@ -13,7 +13,7 @@ def test_resnet50_url_is_known():
 
 
 @pytest.mark.skipif(importlib.util.find_spec('torchvision') is not None,
-                    reason='mmengine resolves torchvision:// itself when torchvision exists')
+                    reason='torchvision is installed: mmengine resolves torchvision:// itself')
 def test_torchvision_prefix_loads_from_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setenv('TORCH_HOME', str(tmp_path))
     cache = tmp_path / 'hub' / 'checkpoints'

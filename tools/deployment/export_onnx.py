@@ -66,19 +66,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def missing_twins(ref, ours, top: int = TOP) -> list:
-    """Reference top-``top`` detections of one image without a twin in ``ours``.
+    """Top-``top`` detections of one image without a twin on the other side, both ways.
+
+    A twin has the same label, a score within ``SCORE_TOL`` and a box within ``BOX_TOL``.
+    The reference's top-``top`` are looked up among all of ``ours`` (``'missing'``) and
+    ``ours``'s top-``top`` among all of the reference (``'extra'``), so a detection that one
+    side ranks high and the other lacks is reported whichever side has it.
 
     Args:
         ref, ours: ``(boxes (K, 4), scores (K,), labels (K,))`` numpy arrays.
+
+    Returns:
+        list: ``(side, label, score, box)`` per detection without a twin.
     """
     import numpy as np
-    missing = []
-    for i in np.argsort(-ref[1])[:top]:
-        twin = ((ours[2] == ref[2][i]) & (np.abs(ours[1] - ref[1][i]) <= SCORE_TOL)
-                & (np.abs(ours[0] - ref[0][i]).max(-1) <= BOX_TOL))
-        if not twin.any():
-            missing.append((int(ref[2][i]), float(ref[1][i]), ref[0][i].round(2).tolist()))
-    return missing
+
+    def lookup(side, a, b):
+        lost = []
+        for i in np.argsort(-a[1])[:top]:
+            twin = ((b[2] == a[2][i]) & (np.abs(b[1] - a[1][i]) <= SCORE_TOL)
+                    & (np.abs(b[0] - a[0][i]).max(-1) <= BOX_TOL))
+            if not twin.any():
+                lost.append((side, int(a[2][i]), float(a[1][i]), a[0][i].round(2).tolist()))
+        return lost
+
+    return lookup('missing', ref, ours) + lookup('extra', ours, ref)
 
 
 def _median_latency(fn, repeats: int = 5) -> float:
@@ -154,8 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = False
     for name, lost in missing.items():
         if lost:
-            print(f'FAILED: {len(lost)} PyTorch top-{TOP} detections have no {name} twin '
-                  f'(label, score, box): {lost[:5]}', file=sys.stderr)
+            print(f'FAILED: {len(lost)} top-{TOP} detections of PyTorch (missing) or {name} '
+                  f'(extra) have no twin on the other side (side, label, score, box): '
+                  f'{lost[:5]}', file=sys.stderr)
             failed = True
         else:
             print(f'OK: every PyTorch top-{TOP} detection has an {name} twin')

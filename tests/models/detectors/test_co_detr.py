@@ -46,8 +46,6 @@ def test_r50_loss_keys_and_parameter_count():
 def test_r50_state_dict_shapes_match_official_listing():
     """Same tensors as the official checkpoint, up to names (per module group)."""
     listing = REFERENCE / 'official_keys_co_deformable_detr_r50.txt'
-    if not listing.exists():
-        pytest.skip(f'{listing} not available')
     official = {}
     for line in listing.read_text().splitlines():
         key, shape, _ = line.split('\t')
@@ -241,3 +239,28 @@ def test_toggles_train(tiny):
         assert math.isfinite(float(total)), name
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads), name
+
+
+def test_zero_padding_changes_only_the_aux_query_losses():
+    """Same weights, batch and random draws: `use_zero_padding` leaves the query head's and
+    the aux heads' own losses as they are and changes the aux-query losses (padding rows are
+    zero boxes without loss instead of negatives with a background target). The two images
+    have different numbers of positives, so the one with fewer is padded."""
+    cfg = load_cfg(TINY_CFG)
+    losses = {}
+    for zero in (False, True):
+        model_cfg = copy.deepcopy(cfg)
+        model_cfg.model.query_head.use_zero_padding = zero
+        model = build_model(model_cfg, seed=0)
+        inputs, samples = make_batch(
+            model, [[(10., 12., 60., 70., 3)], [(5., 5., 40., 40., 1), (50., 40., 90., 100., 2),
+                                                (20., 60., 70., 110., 5)]], SHAPES)
+        torch.manual_seed(3)
+        losses[zero] = {k: scalar(v) for k, v in model.loss(inputs, samples).items()}
+    assert losses[False].keys() == losses[True].keys()
+    aux = {k for k in losses[False] if '_aux' in k}
+    for key in set(losses[False]) - aux:
+        assert losses[False][key] == losses[True][key], key
+    changed = {k for k in aux if not math.isclose(losses[False][k], losses[True][k],
+                                                  rel_tol=1e-6)}
+    assert {f'loss_cls_aux{k}' for k in range(2)} <= changed, changed
