@@ -22,6 +22,18 @@ ALLOWED_SKIPS = ('needs CUDA', 'torchvision is installed')
 _disallowed_skips: list[str] = []
 
 
+def pytest_addoption(parser):
+    parser.addoption('--full', action='store_true',
+                     help='`make test-full`: also the long variants (the config matrix at the '
+                     "configs' own query, proposal and RoI-sample counts)")
+
+
+@pytest.fixture(scope='session')
+def full_run(request) -> bool:
+    """Whether ``--full`` (``make test-full``) was given."""
+    return request.config.getoption('--full')
+
+
 def pytest_runtest_logreport(report):
     """Collect skips whose reason is not on the allow-list."""
     if report.skipped and not hasattr(report, 'wasxfail'):

@@ -142,7 +142,8 @@ def _inner_dataset(cfg: Config, split: str) -> tuple[dict, str]:
     return dataset, path
 
 
-def _options(config: Path, synthetic_root: Path, coco_root: Path) -> list[str]:
+def _options(config: Path, synthetic_root: Path, coco_root: Path,
+             full: bool = False) -> list[str]:
     cfg = Config.fromfile(str(config))
     # configs with their own `classes` (metainfo) read the synthetic layout; the others are
     # mmdet's COCO dataset config (80 classes, train2017/ + instances_train2017.json)
@@ -164,8 +165,10 @@ def _options(config: Path, synthetic_root: Path, coco_root: Path) -> list[str]:
              'test_dataloader.num_workers=0']
     if is_coco:
         opts += _scale_options(cfg)
+    if is_coco and not full:
         # COCO-sized sampling on 3 images of 160x96 px: the same modules and code paths with
-        # fewer queries, proposals and RoI samples (the synthetic config's sizes)
+        # fewer queries, proposals and RoI samples (the synthetic config's sizes); `make
+        # test-full` runs the configs' own counts
         qh = cfg.model.query_head
         opts.append('model.query_head.num_query=100')
         if qh.get('dn_cfg'):
@@ -199,8 +202,8 @@ def _logged_losses(work_dir: Path) -> dict[str, float]:
 
 
 def _train_and_test(config: Path, synthetic_root: Path, coco_root: Path,
-                    work_dir: Path) -> tuple[dict, dict]:
-    options = _options(config, synthetic_root, coco_root)
+                    work_dir: Path, full: bool = False) -> tuple[dict, dict]:
+    options = _options(config, synthetic_root, coco_root, full)
     _run([sys.executable, 'tools/train.py', config, '--work-dir', work_dir, *options],
          timeout=420)
     log = next(work_dir.glob('*/*.log')).read_text()
@@ -234,8 +237,8 @@ def test_every_config_is_in_the_matrix():
 
 
 @pytest.mark.parametrize('config', CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_config_trains_and_evaluates(config, synthetic_root, coco_root, tmp_path):
-    losses, _ = _train_and_test(config, synthetic_root, coco_root, tmp_path / 'run')
+def test_config_trains_and_evaluates(config, synthetic_root, coco_root, tmp_path, full_run):
+    losses, _ = _train_and_test(config, synthetic_root, coco_root, tmp_path / 'run', full_run)
     variant = 'no_pos_coord' if 'no_pos_coord' in config.stem else re.split(
         '_r50|_swin|_synthetic', config.stem)[0]
     _check_losses(losses, variant)

@@ -64,6 +64,12 @@ class CoDETR(CheckpointFitMixin, BaseDetector):
             sets every image's ``img_shape`` to the batch input shape, so the
             padding is treated as image: no padding mask, targets normalised by
             the canvas, test boxes clamped to it. Defaults to True.
+        num_classes (int, optional): Number of classes of every head: the
+            query head, each RoI head's ``bbox_head`` and each dense head.
+            A short child config sets ``model = dict(num_classes=N)``
+            instead of repeating the head lists (mmengine replaces lists
+            rather than merging them). None keeps the heads' own values,
+            which must agree.
         data_preprocessor (dict, optional): Data preprocessor config.
         init_cfg (dict, optional): Initialisation config.
     """
@@ -83,10 +89,14 @@ class CoDETR(CheckpointFitMixin, BaseDetector):
                  eval_module: str = 'detr',
                  eval_index: int = 0,
                  with_attn_mask: bool = True,
+                 num_classes: Optional[int] = None,
                  data_preprocessor: OptConfigType = None,
                  init_cfg: OptMultiConfig = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         roi_heads, dense_heads = _as_list(roi_head), _as_list(bbox_head)
+        if num_classes is not None:  # one number for every head (configs' lists replace)
+            query_head, roi_heads, dense_heads = _with_num_classes(
+                num_classes, query_head, roi_heads, dense_heads)
         train_cfgs, test_cfgs = _as_list(train_cfg), _as_list(test_cfg)
         self._check_config(query_head, rpn_head, roi_heads, dense_heads, train_cfgs,
                            test_cfgs, with_pos_coord, eval_module, eval_index)
@@ -132,6 +142,14 @@ class CoDETR(CheckpointFitMixin, BaseDetector):
         """Fail early, naming the config key, on inconsistent head lists."""
         if query_head is None:
             raise ValueError('CoDETR: model.query_head is required')
+        for key, cfgs in (('roi_head', roi_heads), ('bbox_head', dense_heads)):
+            for i, cfg in enumerate(cfgs):
+                if 'type' not in cfg:
+                    raise ValueError(
+                        f'CoDETR: model.{key}[{i}] has no "type" ({dict(cfg)}). A child config '
+                        'replaces a list of its base instead of merging it; to change the '
+                        'classes set model.num_classes=N, otherwise write whole entries, e.g. '
+                        f'{key}=[dict(_base_.model.{key}[{i}], ...)]')
         if eval_module not in CoDETR.EVAL_MODULES:
             raise ValueError(f'CoDETR: model.eval_module={eval_module!r}, expected one of '
                              f'{CoDETR.EVAL_MODULES}')
@@ -271,6 +289,23 @@ class CoDETR(CheckpointFitMixin, BaseDetector):
         x = self.extract_feat(batch_inputs)
         out = self.query_head.forward_transformer(x, batch_data_samples)
         return self.query_head(out['hidden_states'], out['references'])
+
+
+def _with_num_classes(num_classes: int, query_head: ConfigType, roi_heads: List[ConfigDict],
+                      dense_heads: List[ConfigDict]) -> Tuple:
+    """Copies of the head configs with ``num_classes`` set in every head."""
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f'CoDETR: model.num_classes={num_classes!r}, expected an int >= 1')
+    query_head = ConfigDict(copy.deepcopy(query_head)) if query_head is not None else None
+    if query_head is not None:
+        query_head.num_classes = num_classes
+    roi_heads = [copy.deepcopy(cfg) for cfg in roi_heads]
+    for cfg in roi_heads:
+        cfg.bbox_head.num_classes = num_classes
+    dense_heads = [copy.deepcopy(cfg) for cfg in dense_heads]
+    for cfg in dense_heads:
+        cfg.num_classes = num_classes
+    return query_head, roi_heads, dense_heads
 
 
 def _suffix(losses: Dict[str, Tensor], idx: int) -> Dict[str, Tensor]:
