@@ -47,7 +47,11 @@ if str(REPO_ROOT) not in sys.path:
 
 from mmengine.config import DictAction  # noqa: E402
 
-from tools.misc.tool_utils import add_backend_argument, check_backend_arguments  # noqa: E402
+from tools.misc.tool_utils import (  # noqa: E402
+    add_allow_partial_argument,
+    add_backend_argument,
+    check_backend_arguments,
+)
 
 #: Exit code when some images could not be read (the others were processed).
 EXIT_SKIPPED = 3
@@ -78,9 +82,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='number of drawings in the contact sheet')
     parser.add_argument('--sheet-tile', type=int, default=512,
                         help='height in pixels of each drawing in the contact sheet')
-    parser.add_argument('--allow-partial-checkpoint', action='store_true',
-                        help='run even if the checkpoint does not fit the model (tensors that '
-                        'do not fit keep their random initialisation); recorded in the JSON')
+    add_allow_partial_argument(parser, 'run')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value pairs')
     args = parser.parse_args(argv)
@@ -307,7 +309,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from mmdet.registry import VISUALIZERS
 
     from projects.codetr.deploy import optimize_for_cpu_inference
-    from tools.misc.tool_utils import init_detector_checked, load_config, setup_modules
+    from tools.misc.tool_utils import (
+        check_exported_eval_module,
+        init_detector_checked,
+        load_config,
+        setup_modules,
+    )
 
     setup_modules()
     cfg = load_config(args.config, args.cfg_options)
@@ -325,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if args.device == 'cpu' and not args.no_cpu_optim:
             optimize_for_cpu_inference(model)
     else:
+        check_exported_eval_module(cfg, args.backend)
         model = _backend_model(cfg, args.checkpoint, args.backend, args.precision)
     classes = list(model.dataset_meta.get('classes', ()))
     # Images are written with out_file; no vis backend (they would need a save_dir).
@@ -400,13 +408,9 @@ def exit_code(output: dict) -> int:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """``main`` for the command line: known failures end in one message and exit code 1."""
-    from projects.codetr.utils import CheckpointFileError, CheckpointMismatchError
-    try:
-        return exit_code(main(argv))
-    except (CheckpointFileError, CheckpointMismatchError) as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 1
+    """``main`` for the command line (refusals: one message, exit 1; see :func:`exit_code`)."""
+    from tools.misc.tool_utils import run_cli
+    return run_cli(lambda: exit_code(main(argv)))
 
 
 if __name__ == '__main__':

@@ -34,7 +34,11 @@ if str(REPO_ROOT) not in sys.path:
 
 from mmengine.config import DictAction  # noqa: E402
 
-from tools.misc.tool_utils import add_backend_argument, check_backend_arguments  # noqa: E402
+from tools.misc.tool_utils import (  # noqa: E402
+    add_allow_partial_argument,
+    add_backend_argument,
+    check_backend_arguments,
+)
 
 _COCO_ORDER = ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m',
                'bbox_mAP_l')
@@ -55,10 +59,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override config settings, key=value pairs, e.g. test_dataloader.batch_size=1')
-    parser.add_argument('--allow-partial-checkpoint', action='store_true',
-                        help='evaluate even if the checkpoint does not fit the model (tensors '
-                        'that do not fit keep their random initialisation); recorded in the '
-                        'metrics file')
+    add_allow_partial_argument(parser, 'evaluate')
     parser.add_argument('--skip-bad-images', action='store_true',
                         help='leave missing or undecodable test images out of inference and '
                         'evaluation (listed in the metrics file) instead of stopping')
@@ -111,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from tools.misc.tool_utils import (
         check_dataset_paths,
         check_eval_images,
+        check_exported_eval_module,
         load_config,
         setup_modules,
         use_cpu_distributed_if_needed,
@@ -132,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg.resume = False
     if args.backend != 'pytorch':
         # same dataset, pipeline, evaluator and dumps; the exported graph replaces the model
+        check_exported_eval_module(cfg, args.backend)
         cfg.model = dict(type='ONNXBackendDetector', onnx_file=args.checkpoint,
                          backend=args.backend, precision=args.precision)
         cfg.load_from = None
@@ -188,15 +191,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """``main`` for the command line: known failures end in one message and exit code 1."""
-    from projects.codetr.utils import CheckpointFileError, CheckpointMismatchError
-    from tools.misc.tool_utils import BadImagesError
-    try:
-        main(argv)
-    except (CheckpointFileError, CheckpointMismatchError, BadImagesError) as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 1
-    return 0
+    """``main`` for the command line (refusals: one message, exit 1)."""
+    from tools.misc.tool_utils import run_cli
+    return run_cli(lambda: main(argv))
 
 
 if __name__ == '__main__':

@@ -146,14 +146,9 @@ def add_resume_check(cfg, config_path: str) -> None:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """``main`` for the command line: checkpoint refusals end in one message and exit 1."""
-    from projects.codetr.utils import CheckpointFileError, CheckpointMismatchError
-    try:
-        main(argv)
-    except (CheckpointFileError, CheckpointMismatchError) as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 1
-    return 0
+    """``main`` for the command line (refusals: one message, exit 1)."""
+    from tools.misc.tool_utils import run_cli
+    return run_cli(lambda: main(argv))
 
 
 if __name__ == '__main__':

@@ -25,7 +25,8 @@ SHAPE = (128, 128)  # what the synthetic test pipeline resizes to
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
     """A synthetic-config model with perturbed weights (no tied scores), its checkpoint and
-    its ONNX export through the tool (batch size left dynamic)."""
+    its ONNX export through the tool with its defaults (as a user runs it first: dynamic N, H
+    and W, traced at the test pipeline's 128x128)."""
     tmp = tmp_path_factory.mktemp('onnx')
     model = build_model(load_cfg(SYNTHETIC), seed=0)
     g = torch.Generator().manual_seed(0)
@@ -36,7 +37,7 @@ def exported(tmp_path_factory):
     torch.save(dict(state_dict=model.state_dict(), meta={}), ckpt)
     onnx_file = tmp / 'model.onnx'
     proc = _run([sys.executable, 'tools/deployment/export_onnx.py', SYNTHETIC, ckpt, '--out',
-                 onnx_file, '--shape', *map(str, SHAPE), '--dynamic'], timeout=300)
+                 onnx_file], timeout=300)
     return model.eval(), onnx_file, proc.stdout
 
 
@@ -143,8 +144,9 @@ def test_dynamic_height_and_width(exported, backend, logs):
 
 
 def test_static_graph_in_the_backend_model(exported, tmp_path):
-    """A graph exported without --dynamic: same detections as the dynamic one at its size;
-    smaller images are padded (with a warning), larger ones refused with the option."""
+    """A graph exported with a fixed size (--static): same detections as the dynamic one at its
+    size; an image of any other size is refused, naming how to export (zero padding would
+    differ from PyTorch, which masks padding)."""
     from mmdet.structures import DetDataSample
 
     from projects.codetr.deploy import CoDETRDeployModel, ONNXBackendDetector, export_onnx
@@ -164,11 +166,38 @@ def test_static_graph_in_the_backend_model(exported, tmp_path):
     b = dynamic.forward([image], samples(SHAPE))[0].pred_instances
     torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-5)
     assert torch.equal(a.labels, b.labels)
-    small = image[:, :100, :90]
-    out = static.forward([small], samples((100, 90)))[0].pred_instances
-    assert static._padded == 1 and out.bboxes[:, 2].max() <= 90
-    with pytest.raises(ValueError, match='--shape 130 128'):
+    with pytest.raises(ValueError, match='without --static .* or with --static --shape 100 90'):
+        static.forward([image[:, :100, :90]], samples((100, 90)))
+    with pytest.raises(ValueError, match='--static --shape 130 128'):
         static.forward([torch.zeros(3, 130, 128, dtype=torch.uint8)], samples((130, 128)))
+
+
+@pytest.mark.parametrize('tool', ['export', 'test', 'infer'])
+def test_exported_path_is_the_query_head_only(exported, val_root, tmp_path, capsys, tool):
+    """eval_module='one-stage' / 'two-stage' evaluate an aux head, which is not in the graph:
+    the export and the --backend tools refuse instead of reporting the query head."""
+    from tools import infer
+    from tools import test as test_tool
+    from tools.deployment import export_onnx
+    _, onnx_file, _ = exported
+    ckpt = onnx_file.with_suffix('.pth')
+    option = ['--cfg-options', 'model.eval_module=one-stage']
+    if tool == 'export':
+        code = export_onnx.cli([str(SYNTHETIC), str(ckpt), '--out', str(tmp_path / 'm.onnx'),
+                                *option])
+    elif tool == 'test':
+        ann = f'{val_root}/annotations/instances_val.json'
+        code = test_tool.cli([str(SYNTHETIC), str(onnx_file), '--backend', 'onnxruntime',
+                              '--work-dir', str(tmp_path / 'w'), *option,
+                              f'test_dataloader.dataset.data_root={val_root}/',
+                              f'test_evaluator.ann_file={ann}'])
+    else:
+        code = infer.cli([str(val_root / 'val' / '000000.png'), str(SYNTHETIC), str(onnx_file),
+                          '--out-dir', str(tmp_path / 'o'), '--backend', 'onnxruntime', *option])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "error: model.eval_module='one-stage'" in err and 'query head only' in err
+    assert not list(tmp_path.glob('**/*.onnx')) and not (tmp_path / 'o').exists()
 
 
 def test_openvino_precision_option(exported):

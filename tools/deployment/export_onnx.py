@@ -4,22 +4,24 @@ OpenVINO with ``--target openvino``).
 Examples::
 
     python tools/deployment/export_onnx.py configs/co_deformable_detr_synthetic.py \\
-        work_dirs/demo/epoch_15.pth --out work_dirs/demo/model.onnx --shape 128 128
-    python tools/deployment/export_onnx.py CONFIG CKPT --out model.onnx --shape 800 1333 \\
-        --dynamic
+        work_dirs/demo/epoch_6.pth --out work_dirs/demo/model.onnx
+    python tools/deployment/export_onnx.py CONFIG CKPT --out model.onnx --static --shape 800 1333
     # arranged for OpenVINO (then run with tools/test.py --backend openvino --precision bf16)
     python tools/deployment/export_onnx.py CONFIG CKPT --out model_ov.onnx --target openvino
 
 The graph holds the inference path only (backbone, neck, encoder, two-stage selection,
-decoder, top-k), standard operators only. Input ``images``: float32 (N, 3, H, W), 0-255 BGR
-pixels as mmcv reads them; outputs ``boxes`` (N, K, 4) xyxy in input pixels, ``scores``
-(N, K), ``labels`` (N, K) int64. The graph is traced at ``--shape`` and specialised to it;
-``--dynamic`` leaves N, H and W free. ``--target openvino`` arranges the deformable attention
-for OpenVINO (faster there; either runtime runs either graph). Before reporting success the
-tool runs ONNX Runtime (with ``--target openvino`` also OpenVINO) and PyTorch on the same
-random image (with ``--dynamic`` also on two images at 3/4 of the size) and requires every
-PyTorch top-20 detection to have a twin (same label, score within 1e-3, box within 0.5 px);
-it prints op counts, file size and latencies.
+decoder, top-k), standard operators only: what ``eval_module='detr'`` predicts with (other
+``eval_module`` settings are refused). Input ``images``: float32 (N, 3, H, W), 0-255 BGR pixels
+as mmcv reads them; outputs ``boxes`` (N, K, 4) xyxy in input pixels, ``scores`` (N, K),
+``labels`` (N, K) int64. N, H and W are dynamic by default, so one graph reproduces PyTorch on
+every image size; it is traced at ``--shape`` (default: the config's test ``Resize`` target).
+``--static`` fixes the graph to 1x3x``--shape`` (the tools then refuse other sizes).
+``--target openvino`` arranges the deformable attention for OpenVINO (faster there; either
+runtime runs either graph). Before reporting success the tool runs ONNX Runtime (with
+``--target openvino`` also OpenVINO) and PyTorch on the same random image (for a dynamic graph
+also on two images at 3/4 of the size) and requires every top-20 detection of either side to
+have a twin on the other (same label, score within 1e-3, box within 0.5 px); it prints op
+counts, file size and latencies.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ if str(REPO_ROOT) not in sys.path:
 
 from mmengine.config import DictAction  # noqa: E402
 
+from tools.misc.tool_utils import add_allow_partial_argument  # noqa: E402
+
 SCORE_TOL, BOX_TOL, TOP = 1e-3, 0.5, 20
 
 
@@ -47,19 +51,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('config', help='model config file')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--out', required=True, help='output .onnx file')
-    parser.add_argument('--shape', type=int, nargs=2, default=(800, 1333), metavar=('H', 'W'),
-                        help='input height and width to trace at (the graph is fixed to them '
-                        'without --dynamic)')
-    parser.add_argument('--dynamic', action='store_true',
-                        help='dynamic batch size, height and width')
+    parser.add_argument('--shape', type=int, nargs=2, default=None, metavar=('H', 'W'),
+                        help='input height and width to trace at (default: the size the '
+                        "config's test pipeline resizes to); with --static the graph only "
+                        'runs this size')
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument('--dynamic', action='store_true',
+                      help='dynamic batch size, height and width (the default; kept for '
+                      'older commands)')
+    size.add_argument('--static', action='store_true',
+                      help='fix the graph to 1x3xHxW of --shape; the tools then refuse images '
+                      'of another size')
     parser.add_argument('--opset', type=int, default=17, help='ONNX opset (>= 16)')
     parser.add_argument('--target', choices=['onnxruntime', 'openvino'], default='onnxruntime',
                         help='the runtime the deformable attention is arranged for (either '
                         'runs either graph; openvino: per-point sampling, faster there, and '
                         'OpenVINO is checked and timed too)')
-    parser.add_argument('--allow-partial-checkpoint', action='store_true',
-                        help='export even if the checkpoint does not fit the model (tensors '
-                        'that do not fit keep their random initialisation)')
+    add_allow_partial_argument(parser, 'export')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value pairs')
     return parser.parse_args(argv)
@@ -111,7 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from projects.codetr.deploy import CoDETRDeployModel, check_onnx_graph, export_onnx
     from projects.codetr.deploy.backend_model import _Runner
-    from tools.misc.tool_utils import init_detector_checked, load_config, setup_modules
+    from tools.misc.tool_utils import (
+        check_exported_eval_module,
+        init_detector_checked,
+        load_config,
+        setup_modules,
+        test_pipeline_size,
+    )
 
     setup_modules()
     cfg = load_config(args.config, args.cfg_options)
@@ -120,12 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.model.get('type') != 'CoDETR':
         raise ValueError(f'{args.config}: model.type={cfg.model.get("type")!r}; this tool '
                          'exports CoDETR configs')
+    check_exported_eval_module(cfg)
     cfg.model.backbone.init_cfg = None  # the checkpoint has the weights
     detector, _ = init_detector_checked(cfg, args.checkpoint, 'cpu', args.config,
                                         args.allow_partial_checkpoint)
     deploy = CoDETRDeployModel(detector).eval()
 
-    h, w = args.shape
+    args.dynamic = not args.static
+    h, w = args.shape or test_pipeline_size(cfg)
     g = torch.Generator().manual_seed(0)
     images = torch.rand(1, 3, h, w, generator=g) * 255
     out = export_onnx(deploy, images, args.out, opset=args.opset, dynamic=args.dynamic,
@@ -175,13 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(failed)
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """``main`` for the command line: checkpoint refusals end in one message and exit 1."""
-    from projects.codetr.utils import CheckpointFileError, CheckpointMismatchError
-    try:
-        return main(argv)
-    except (CheckpointFileError, CheckpointMismatchError) as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 1
+    """``main`` for the command line (refusals: one message, exit 1)."""
+    from tools.misc.tool_utils import run_cli
+    return run_cli(lambda: main(argv))
 
 
 if __name__ == '__main__':

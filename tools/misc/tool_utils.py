@@ -236,6 +236,73 @@ class BadImagesError(RuntimeError):
     """Images of an evaluation dataset that are missing or cannot be decoded."""
 
 
+class ExportedPathError(ValueError):
+    """An exported model asked to evaluate a path that is not in its graph."""
+
+
+def check_exported_eval_module(cfg: Config, backend: str | None = None) -> None:
+    """Refuse ``model.eval_module`` other than 'detr' for an exported model.
+
+    The ONNX graph is the query head (what ``eval_module='detr'`` predicts with); an auxiliary
+    head ('one-stage' ATSS, 'two-stage' RPN + RoI) is not in it, so evaluating the graph under
+    that setting would silently report the query head.
+
+    Raises:
+        ExportedPathError: Naming the setting and what to do instead.
+    """
+    eval_module = cfg.model.get('eval_module', 'detr')
+    if eval_module == 'detr':
+        return
+    what = f'--backend {backend}' if backend else 'the ONNX export'
+    raise ExportedPathError(
+        f'model.eval_module={eval_module!r}: {what} covers the query head only (the exported '
+        "graph is what eval_module='detr' predicts with); the auxiliary heads are not in the "
+        f"graph. Evaluate eval_module={eval_module!r} with the PyTorch checkpoint, or drop the "
+        'setting to use the exported model')
+
+
+def test_pipeline_size(cfg: Config) -> tuple[int, int]:
+    """(H, W) that the test pipeline's ``Resize`` (``scale=(w, h)``) targets; 800x1333 if none.
+
+    With ``keep_ratio`` an image is resized to fit inside it; a dynamic graph runs every size,
+    this is the size it is traced and checked at.
+    """
+    for step in cfg.test_dataloader.dataset.get('pipeline', []):
+        if 'Resize' in str(step.get('type')) and step.get('scale'):
+            w, h = step['scale']
+            return int(h), int(w)
+    return 800, 1333
+
+
+def run_cli(main: Any) -> int:
+    """Run a tool's ``main()`` for the command line and return its exit status.
+
+    The refusals of the loading policy (an unreadable checkpoint, a checkpoint that does not
+    fit the config, unusable test images, an aux-head path asked of an exported model) end in
+    their message on stderr and status 1, without a traceback; otherwise ``main``'s own int
+    result is the status (anything else: 0).
+    """
+    import sys
+
+    from projects.codetr.utils import CheckpointFileError, CheckpointMismatchError
+    try:
+        result = main()
+    except (CheckpointFileError, CheckpointMismatchError, BadImagesError,
+            ExportedPathError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+def add_allow_partial_argument(parser: argparse.ArgumentParser, action: str) -> None:
+    """``--allow-partial-checkpoint``: ``action`` (e.g. 'evaluate') a checkpoint that does not
+    fit the model anyway."""
+    parser.add_argument('--allow-partial-checkpoint', action='store_true',
+                        help=f'{action} even if the checkpoint does not fit the model (tensors '
+                        'that do not fit keep their random initialisation); recorded in the '
+                        'outputs')
+
+
 def _image_problem(path: str, backend_args: dict | None, flag: str, decoder: str) -> str | None:
     """Why ``path`` cannot be loaded as the test pipeline loads it, or None."""
     import mmcv

@@ -113,7 +113,6 @@ class ONNXBackendDetector(BaseModel):
         if not Path(onnx_file).is_file():
             raise FileNotFoundError(f'ONNX model {onnx_file!r} does not exist')
         self.backend = _Runner(str(onnx_file), backend, threads, precision)
-        self._padded = 0
 
     def forward(self, inputs: List[Tensor], data_samples: Optional[List[DetDataSample]] = None,
                 mode: str = 'predict'):
@@ -128,18 +127,14 @@ class ONNXBackendDetector(BaseModel):
         batch = np.zeros((len(inputs), 3, h, w), np.float32)
         for i, img in enumerate(inputs):
             ih, iw = img.shape[-2:]
-            if ih > h or iw > w:
-                raise ValueError(f'image of {ih}x{iw} after the test pipeline is larger than '
-                                 f'the exported input {h}x{w}; export with --shape {ih} {iw} '
-                                 'or larger')
             if (ih, iw) != (h, w):
-                self._padded += 1
-                if self._padded == 1:
-                    print_log(f'images smaller than the exported {h}x{w} are zero-padded at '
-                              'the bottom/right; PyTorch masks such padding, so detections '
-                              'can differ: export at the test pipeline\'s image size',
-                              logger='current', level=logging.WARNING)
-            batch[i, :, :ih, :iw] = img.float().numpy()
+                # zero padding would differ from PyTorch, which masks padding: refuse
+                raise ValueError(
+                    f'the ONNX model has a fixed {h}x{w} input (exported with --static) but '
+                    f'this image is {ih}x{iw} after the test pipeline; export without --static '
+                    f'(dynamic height and width, the default) or with --static --shape {ih} '
+                    f'{iw} for images of that one size')
+            batch[i] = img.float().numpy()
         return self._to_samples(self.backend(batch), data_samples)
 
     @staticmethod
