@@ -121,9 +121,8 @@ def test_test_tool_reports_a_truncated_checkpoint_in_one_line(tmp_path, data_roo
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
-    assert errors == [f'error: checkpoint {str(cut)!r} is truncated or corrupt '
-                      f'(File is not a zip file)'] or (
-        len(errors) == 1 and 'is truncated or corrupt' in errors[0]), proc.stderr[-3000:]
+    assert len(errors) == 1 and errors[0].startswith(
+        f'error: checkpoint {str(cut)!r} is truncated or corrupt'), proc.stderr[-3000:]
     assert 'Traceback' not in proc.stderr
     assert not metrics.exists()
 
