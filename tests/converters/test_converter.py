@@ -29,10 +29,15 @@ AUX_PREFIXES = ('rpn_head.', 'roi_head.', 'bbox_head.', 'query_head.transformer.
                 'query_head.transformer.pos_feats_', 'query_head.transformer.head_pos_embed')
 
 
-def read_listing():
-    """[(key, shape, dtype)] of the official R50 state dict, in state-dict order."""
+# copy of ../shared/reference/official_masks_a/official_codeform_mask_tiny_keys.txt (the
+# official tiny Co-Deformable-DETR with the FCN mask head in its RoI head)
+MASK_LISTING = ROOT / 'tests' / 'data' / 'official_keys_co_deformable_detr_mask_tiny.txt'
+
+
+def read_listing(listing=LISTING):
+    """[(key, shape, dtype)] of an official state dict (default R50), in state-dict order."""
     rows = []
-    for line in LISTING.read_text().splitlines():
+    for line in listing.read_text().splitlines():
         key, shape, dtype = line.split('\t')
         rows.append((key, tuple(eval(shape)), getattr(torch, dtype)))
     return rows
@@ -93,12 +98,18 @@ def tiny():
 
 
 def test_every_official_key_matches_exactly_one_rule(rows):
-    used = set()
-    for key, _, _ in rows:
-        found = match_key(key)  # raises if ambiguous
-        assert found is not None, key
-        used.add(found[0].official)
-    assert used == {r.official for r in KEY_RULES}, 'rules never used by the official listing'
+    """Every key of the official R50 and mask-variant listings has one rule; every rule is
+    used (the FCN mask head's only by the mask listing)."""
+    used = {}
+    for name, listing in (('r50', rows), ('mask', read_listing(MASK_LISTING))):
+        used[name] = set()
+        for key, _, _ in listing:
+            found = match_key(key)  # raises if ambiguous
+            assert found is not None, key
+            used[name].add(found[0].official)
+    assert used['r50'] | used['mask'] == {r.official for r in KEY_RULES}, 'unused rules'
+    assert {r for r in used['mask'] - used['r50']} == {
+        r.official for r in KEY_RULES if '.mask_head.' in r.official}
     assert all(r.reason for r in KEY_RULES if r.aux or r.ours is None)
 
 

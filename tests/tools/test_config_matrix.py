@@ -33,6 +33,7 @@ TRAIN_IMAGES = 4  # two iterations at batch 2
 VAL_IMAGES = 3
 SMALL_TRAIN_SCALE = (160, 96)
 SMALL_TEST_SCALE = (160, 96)
+SEGM_KEYS = tuple(k.replace('bbox', 'segm') for k in COCO_KEYS)
 
 # The README's switches, as a user writes them: a config that inherits from the synthetic one.
 SWITCHES = {
@@ -64,6 +65,8 @@ EXPECTED_LOSSES = {
     'roi_only': ({'loss_rpn_cls', 'loss_cls0', 'acc0', 'loss_cls_aux0'},
                  {'loss_centerness0', 'loss_cls_aux1'}),
     'zero_padding': ({'loss_cls_aux0', 'loss_cls_aux1'}, set()),
+    'co_deformable_detr_mask': ({'loss_rpn_cls', 'loss_cls0', 'loss_mask0', 'loss_centerness1',
+                                 'loss_cls_aux0', 'loss_cls_aux1'}, set()),
     'co_dino_5scale': ({'dn_loss_cls', 'd0.dn_loss_iou', 'enc_loss_cls', 'loss_rpn_cls',
                         'loss_cls0', 'loss_centerness1', 'loss_cls_aux0', 'loss_cls_aux1'},
                        set()),
@@ -216,8 +219,12 @@ def _train_and_test(config: Path, synthetic_root: Path, coco_root: Path,
           '--metrics-out', metrics_out, *options], timeout=300)
     metrics = json.loads(metrics_out.read_text())
     # tools/test.py reproduces training's validation of the same checkpoint (same images and
-    # evaluator): the tool loaded these weights and evaluated this config
-    assert {k: metrics[k] for k in COCO_KEYS} == pytest.approx(val_metrics(work_dir), abs=1e-4)
+    # evaluator): the tool loaded these weights and evaluated this config; mask configs
+    # evaluate segm as well
+    keys = COCO_KEYS + (SEGM_KEYS if 'segm' in str(Config.fromfile(str(config)).test_evaluator)
+                        else ())
+    assert {k: metrics[k] for k in keys} == pytest.approx(val_metrics(work_dir, keys=keys),
+                                                          abs=1e-4)
     return _logged_losses(work_dir), metrics
 
 

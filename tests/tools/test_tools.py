@@ -65,14 +65,14 @@ def _data_options(data_root: Path) -> list[str]:
         f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}']
 
 
-def val_metrics(work_dir: Path, run: int = -1) -> dict[str, float]:
+def val_metrics(work_dir: Path, run: int = -1, keys=COCO_KEYS) -> dict[str, float]:
     """The COCO metrics of the last validation of a training run in ``work_dir`` (``run``
     indexes the runs, oldest first: a resume adds one)."""
     scalars = sorted(work_dir.glob('*/vis_data/scalars.json'))[run]
     records = [json.loads(line) for line in scalars.read_text().splitlines()]
     vals = [r for r in records if 'coco/bbox_mAP' in r]
     assert vals, f'no validation record in {work_dir}'
-    return {k: vals[-1][k] for k in COCO_KEYS}
+    return {k: vals[-1][k] for k in keys}
 
 
 def _free_port() -> int:

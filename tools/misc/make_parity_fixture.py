@@ -4,7 +4,11 @@ The official Co-DETR code's own outputs on a tiny Co-Deformable-DETR live in
 ``../shared/reference/official_parity_a/`` (see its README). The tests must not depend on that
 folder, so this script keeps the subset they read (inputs, the converted-weight checkpoint,
 detections of the three evaluation paths, last-layer outputs, encoder maps, the RPN/RoI
-intermediates and the training losses) in ``tests/data/official_parity_a/``::
+intermediates and the training losses) in ``tests/data/official_parity_a/``; and, from
+``official_masks_a/``, what the mask-variant-A test compares (the FCN mask head's weights, the
+ground-truth masks, the two-stage detections with their masks cropped to their extent, the
+28x28 mask logits and the training losses) in ``tests/data/official_masks_a/`` (about 1 MB: the
+non-mask weights and the images are those of official_parity_a, checked here)::
 
     python tools/misc/make_parity_fixture.py [--src ../shared/reference/official_parity_a]
 """
@@ -19,6 +23,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SRC = REPO_ROOT.parent / 'shared' / 'reference' / 'official_parity_a'
 DEFAULT_DST = REPO_ROOT / 'tests' / 'data' / 'official_parity_a'
+DEFAULT_MASKS_DST = REPO_ROOT / 'tests' / 'data' / 'official_masks_a'
 
 OUTPUT_KEYS = ('last_cls_scores', 'last_bbox_preds', 'det_bboxes', 'det_labels',
                'atss_det_bboxes', 'atss_det_labels', 'roi_det_bboxes', 'roi_det_labels',
@@ -53,6 +58,68 @@ def main() -> None:
                     args.dst / 'official_tiny_perturbed.pth')
     for path in sorted(args.dst.iterdir()):
         print(f'{path.relative_to(REPO_ROOT)}: {path.stat().st_size / 2**20:.2f} MiB')
+    masks_src = args.src.parent / 'official_masks_a'
+    if masks_src.is_dir():
+        out = make_mask_fixture(masks_src, inputs, DEFAULT_MASKS_DST)
+        print(f'{out.relative_to(REPO_ROOT)}: {out.stat().st_size / 2**20:.2f} MiB')
+
+
+def _pack(masks) -> torch.Tensor:
+    """(N, H, W) bool/uint8 -> (N, ceil(H*W/8)) uint8 bits."""
+    import numpy as np
+    flat = np.asarray(masks, dtype=bool).reshape(len(masks), -1)
+    return torch.from_numpy(np.packbits(flat, axis=1))
+
+
+def make_mask_fixture(src: Path, parity_inputs: dict, dst: Path) -> Path:
+    """Write ``official_codeform_mask.pt``: variant A's weights, inputs and outputs.
+
+    Each detection's pasted mask is kept as its bounding extent (``mask_extents``: y0, x0, y1,
+    x1; all zero for an empty mask) and the bits inside it (``mask_crops``).
+    """
+    import numpy as np
+    load = lambda name: torch.load(src / name, weights_only=True)  # noqa: E731
+    ckpt = load('official_codeform_mask_tiny.pth')['state_dict']
+    box_ckpt = torch.load(DEFAULT_DST / 'official_tiny_perturbed.pth', weights_only=True)
+    box_state = box_ckpt.get('state_dict', box_ckpt)
+    for key, value in box_state.items():  # the non-mask weights are official_parity_a's
+        if not torch.equal(ckpt[key], value):
+            raise ValueError(f'{src}: {key} differs from official_parity_a\'s weights')
+    inputs = load('inputs_masks_a.pt')
+    if not torch.equal(inputs['img'], parity_inputs['img']):
+        raise ValueError(f'{src}: the images differ from official_parity_a\'s')
+    outputs = load('official_codeform_mask_outputs_a.pt')
+    per_image = []
+    for out in outputs['per_image']:
+        n, h, w = out['masks_shape']
+        masks = np.unpackbits(out['masks_packed'].numpy(), axis=1, count=h * w)
+        masks = masks.reshape(n, h, w).astype(bool)
+        extents, crops = [], []
+        for mask in masks:
+            ys, xs = np.nonzero(mask)
+            if len(ys) == 0:
+                extents.append([0, 0, 0, 0])
+                crops.append(torch.zeros(0, dtype=torch.uint8))
+                continue
+            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+            extents.append([y0, x0, y1, x1])
+            crops.append(_pack(mask[None, y0:y1, x0:x1])[0])
+        per_image.append(dict(det_bboxes=out['det_bboxes'], det_labels=out['det_labels'],
+                              masks_shape=(h, w), mask_extents=torch.tensor(extents),
+                              mask_crops=crops, mask_areas=out['mask_areas'],
+                              mask_logits_28_label=out['mask_logits_28_label']))
+    fixture = dict(
+        mask_state={k: v for k, v in ckpt.items() if '.mask_head.' in k},
+        gt_masks=[dict(packed=_pack(m.numpy()), shape=tuple(m.shape))
+                  for m in inputs['gt_masks']],
+        per_image=per_image,
+        train_losses_float=outputs['train_losses_float'][0],
+        seed_independent_keys=outputs['identical_across_seeds_0_1_keys'],
+        source='Sense-X/Co-DETR @2665352 (mmdet 2.25.3, mmcv-full 1.7.2, torch 2.13.0 CPU); '
+               'copied from shared/reference/official_masks_a by ' + Path(__file__).name)
+    dst.mkdir(parents=True, exist_ok=True)
+    torch.save(fixture, dst / 'official_codeform_mask.pt')
+    return dst / 'official_codeform_mask.pt'
 
 
 if __name__ == '__main__':

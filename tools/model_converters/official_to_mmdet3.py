@@ -9,6 +9,9 @@ Examples::
     # full model (query head + auxiliary heads), checked against the R50 Co-DETR config
     python tools/model_converters/official_to_mmdet3.py co_deformable_detr_r50_1x_coco.pth \\
         work_dirs/co_deformable_detr_r50_1x_coco_mmdet3.pth
+    # with the FCN mask head in the RoI head: checked against the mask config
+    python tools/model_converters/official_to_mmdet3.py co_deformable_detr_mask_r50_1x_coco.pth \\
+        work_dirs/co_deformable_detr_mask_r50_1x_coco_mmdet3.pth
     # query head only, loadable by configs/deformable_detr_pp_r50_1x_coco.py
     python tools/model_converters/official_to_mmdet3.py SRC.pth DST.pth --inference-only
     # Co-DINO Swin-L (official or mmdet 3.x port), checked against its config
@@ -49,6 +52,7 @@ BASELINE_CONFIG = REPO_ROOT / 'configs' / 'deformable_detr_pp_r50_1x_coco.py'
 CO_DINO_CONFIG = REPO_ROOT / 'configs' / 'co_dino_5scale_r50_1x_coco.py'
 DINO_BASELINE_CONFIG = REPO_ROOT / 'configs' / 'dino_5scale_r50_1x_coco.py'
 CO_DINO_SWIN_L_CONFIG = REPO_ROOT / 'configs' / 'co_dino_5scale_swin_l_1x_coco.py'
+MASK_CONFIG = REPO_ROOT / 'configs' / 'co_deformable_detr_mask_r50_1x_coco.py'
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -113,7 +117,10 @@ def model_spec(config: Path, strip_aux: bool = False) -> Dict[str, TensorSpec]:
 def default_config(layout: str, keys: Sequence[str], inference_only: bool) -> Path:
     """The config a checkpoint of ``layout`` is checked against without ``--config``."""
     if layout == 'co_deformable_detr':
-        return BASELINE_CONFIG if inference_only else FULL_CONFIG
+        if inference_only:
+            return BASELINE_CONFIG
+        has_mask = any('.mask_head.' in k for k in keys)  # the FCN mask variant
+        return MASK_CONFIG if has_mask else FULL_CONFIG
     if any(k.split('.', 2)[1] in ('patch_embed', 'stages', 'layers')
            for k in keys if k.startswith('backbone.')):
         return CO_DINO_SWIN_L_CONFIG  # aux heads stripped with --inference-only

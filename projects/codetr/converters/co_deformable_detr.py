@@ -44,6 +44,8 @@ PLACEHOLDERS: Dict[str, str] = {
 
 _RPN = 'auxiliary Faster R-CNN RPN head (training only; not used by eval_module="detr")'
 _ROI = 'auxiliary Faster R-CNN RoI head (training only; not used by eval_module="detr")'
+_ROI_MASK = ('FCN mask head of the auxiliary RoI head (its masks come with '
+             'eval_module="two-stage")')
 _ATSS = 'auxiliary ATSS head (training only; not used by eval_module="detr")'
 _AUXQ = 'auxiliary-query projection of the aux heads\' positives (training only)'
 
@@ -132,6 +134,10 @@ AUX_HEAD_RULES: Tuple[KeyRule, ...] = (
     _same('roi_head.{k}.bbox_head.fc_cls.{w}', _ROI, True),
     _same('roi_head.{k}.bbox_head.fc_reg.{w}', _ROI, True),
     _same('roi_head.{k}.bbox_head.shared_fcs.{i}.{w}', _ROI, True),
+    # Co-Deformable-DETR's mask variant: Mask R-CNN's FCNMaskHead in the RoI head
+    _same('roi_head.{k}.mask_head.convs.{i}.conv.{w}', _ROI_MASK, True),
+    _same('roi_head.{k}.mask_head.upsample.{w}', _ROI_MASK, True),
+    _same('roi_head.{k}.mask_head.conv_logits.{w}', _ROI_MASK, True),
     _same('bbox_head.{k}.cls_convs.{i}.conv.{w}', _ATSS, True),
     _same('bbox_head.{k}.cls_convs.{i}.gn.{w}', _ATSS, True),
     _same('bbox_head.{k}.reg_convs.{i}.conv.{w}', _ATSS, True),

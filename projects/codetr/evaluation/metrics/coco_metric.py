@@ -46,6 +46,19 @@ class CheckedCocoMetric(CocoMetric):
         if self._coco_api is not None:  # loaded from `ann_file`
             add_missing_coco_info(self._coco_api.dataset)
 
+    def process(self, data_batch: dict, data_samples: Sequence[dict]) -> None:
+        """mmdet's ``process``, after checking that a ``segm`` evaluation gets masks."""
+        if 'segm' in self.metrics:
+            for sample in data_samples:
+                if 'masks' not in sample.get('pred_instances', {}):
+                    raise ValueError(
+                        f'{type(self).__name__}(metric={self.metrics}): the predictions of '
+                        f'image {sample.get("img_id")} have no masks. With Co-DETR the masks '
+                        "of the auxiliary RoI mask head come with model.eval_module='two-stage' "
+                        "(the query head, 'detr', predicts boxes only); or evaluate "
+                        "metric='bbox'")
+        super().process(data_batch, data_samples)
+
     def compute_metrics(self, results: list) -> dict:
         """COCO metrics over the annotation file's images, less ``exclude_img_ids``."""
         if self.exclude_img_ids and self._coco_api is not None and self.img_ids is None:

@@ -1,4 +1,5 @@
-"""Faster R-CNN RoI auxiliary head that also returns its sampled RoIs."""
+"""Faster R-CNN RoI auxiliary head that also returns its sampled RoIs (and, with a mask head,
+trains Mask R-CNN's FCN mask branch: Co-Deformable-DETR's mask variant)."""
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -22,6 +23,12 @@ class CoStandardRoIHead(StandardRoIHead):
     of #sampled RoIs)`` sampled RoIs (pixel xyxy), their RoI labels, their
     decoded GT boxes (``reg_decoded_bbox=True``) and their RoIAlign features
     averaged over the 7x7 grid.
+
+    With ``mask_roi_extractor`` and ``mask_head`` (the official
+    ``co_deformable_detr_mask_r50_1x_coco``: ``FCNMaskHead`` on the positive
+    RoIs of the same samples) the mask loss is added as in mmdet's
+    ``StandardRoIHead``, and ``predict`` returns masks; the detector then gives
+    masks with ``eval_module='two-stage'``.
 
     Args:
         max_proposals (int): Cap on candidates per image. Defaults to 2000.
@@ -58,8 +65,8 @@ class CoStandardRoIHead(StandardRoIHead):
         Returns:
             tuple: Loss dict and :class:`AuxPositives` of (bs, M, ...) tensors.
         """
-        if not self.with_bbox or self.with_mask:
-            raise NotImplementedError('CoStandardRoIHead supports a bbox head only')
+        if not self.with_bbox:
+            raise NotImplementedError('CoStandardRoIHead needs a bbox head')
         batch_gt_instances, batch_gt_instances_ignore, _ = unpack_gt_instances(
             batch_data_samples)
         sampling_results = []
@@ -86,11 +93,16 @@ class CoStandardRoIHead(StandardRoIHead):
             labels=_stack_rows(labels, rows),
             targets=_stack_rows(targets, rows),
             feats=_stack_rows(feats, rows))
-        return bbox_results['loss_bbox'], positives
+        losses = dict(bbox_results['loss_bbox'])
+        if self.with_mask:  # Mask R-CNN's FCN branch on the positives of these samples
+            mask_results = self.mask_loss(x, sampling_results, bbox_results['bbox_feats'],
+                                          batch_gt_instances)
+            losses.update(mask_results['loss_mask'])
+        return losses, positives
 
     def loss(self, x: Sequence[Tensor], rpn_results_list: InstanceList,
              batch_data_samples: SampleList) -> Dict[str, Tensor]:
-        """Box losses only (mmdet API)."""
+        """Box (and mask) losses (mmdet API)."""
         return self.loss_and_positives(x, rpn_results_list, batch_data_samples)[0]
 
 
