@@ -9,7 +9,9 @@ Writes one visualised PNG per image (boxes, class names, scores) and ``detection
 ``detections.json`` holds ``{"config", "checkpoint", "score_thr", "classes", "images": [...],
 "num_skipped", "skipped": [...], "interrupted"}`` with, per image: ``file``, ``width``,
 ``height``, ``bboxes`` (``[x1, y1, x2, y2]`` in input-image pixels), ``scores``, ``labels``
-(0-based) and ``class_names``; only detections with ``score >= --score-thr`` are kept.
+(0-based), ``class_names`` and, for a model that predicts masks (e.g. the mask config with
+``eval_module='two-stage'``), ``masks`` as COCO RLE (``size``, ``counts``); only detections with
+``score >= --score-thr`` are kept. The drawings show the masks too.
 
 Nothing made is lost: an image that cannot be read or decoded is skipped (named in the log and
 in ``skipped`` with the reason), the other images are processed, and the exit code is 3.
@@ -185,9 +187,17 @@ def draw_detections(visualizer, image, result, out_file: Path, score_thr: float,
     scale = max(1.0, min_side / min(image.shape[:2])) if min_side else 1.0
     sample = DetDataSample()
     pred = result.pred_instances
-    sample.pred_instances = InstanceData(bboxes=pred.bboxes.detach().cpu() * scale,
-                                         scores=pred.scores.detach().cpu(),
-                                         labels=pred.labels.detach().cpu())
+    keep = pred.scores.detach().cpu() >= score_thr  # drawn ones only (masks can be large)
+    sample.pred_instances = InstanceData(bboxes=pred.bboxes.detach().cpu()[keep] * scale,
+                                         scores=pred.scores.detach().cpu()[keep],
+                                         labels=pred.labels.detach().cpu()[keep])
+    if 'masks' in pred:  # (N, H, W) bool at the image size; upscaled with the drawing
+        masks = pred.masks.detach().cpu()[keep]
+        if scale > 1.0 and len(masks):
+            size = (round(image.shape[0] * scale), round(image.shape[1] * scale))
+            masks = torch.nn.functional.interpolate(masks[:, None].float(), size=size,
+                                                    mode='nearest')[:, 0] > 0.5
+        sample.pred_instances.masks = masks.numpy()
     if gt is not None:
         bboxes = torch.tensor(gt[0], dtype=torch.float32).reshape(-1, 4) * scale
         sample.gt_instances = InstanceData(bboxes=bboxes,
@@ -393,10 +403,18 @@ def _record(image_path: Path, result, score_thr: float, classes: list) -> dict:
     scores = pred.scores[keep].cpu().tolist()
     labels = pred.labels[keep].cpu().tolist()
     height, width = result.ori_shape
-    return dict(file=str(image_path), width=int(width), height=int(height),
-                bboxes=[[round(v, 2) for v in box] for box in bboxes],
-                scores=[round(s, 4) for s in scores], labels=labels,
-                class_names=[classes[i] if i < len(classes) else str(i) for i in labels])
+    record = dict(file=str(image_path), width=int(width), height=int(height),
+                  bboxes=[[round(v, 2) for v in box] for box in bboxes],
+                  scores=[round(s, 4) for s in scores], labels=labels,
+                  class_names=[classes[i] if i < len(classes) else str(i) for i in labels])
+    if 'masks' in pred:  # COCO RLE per kept detection, at the input image's size
+        import numpy as np
+        from pycocotools import mask as mask_utils
+        masks = pred.masks[keep].cpu().numpy().astype(np.uint8)  # (K, H, W)
+        masks = np.asfortranarray(masks.transpose(1, 2, 0))  # pycocotools: (H, W, K)
+        record['masks'] = [dict(size=rle['size'], counts=rle['counts'].decode())
+                           for rle in mask_utils.encode(masks)] if len(scores) else []
+    return record
 
 
 def exit_code(output: dict) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import re
 import sys
 from pathlib import Path
@@ -214,15 +215,23 @@ def _train_and_test(config: Path, synthetic_root: Path, coco_root: Path,
     assert re.search(r'coco/bbox_mAP: [-\d.]+', log), 'no validation metrics in the log'
     ckpt = work_dir / 'epoch_1.pth'
     assert ckpt.is_file()
-    metrics_out = work_dir / 'test_metrics.json'
+    metrics_out, dump = work_dir / 'test_metrics.json', work_dir / 'dets.pkl'
+    segm = 'segm' in str(Config.fromfile(str(config)).test_evaluator)
     _run([sys.executable, 'tools/test.py', config, ckpt, '--work-dir', work_dir / 'test',
-          '--metrics-out', metrics_out, *options], timeout=300)
+          '--metrics-out', metrics_out, *(['--out', dump] if segm else []), *options],
+         timeout=300)
     metrics = json.loads(metrics_out.read_text())
     # tools/test.py reproduces training's validation of the same checkpoint (same images and
     # evaluator): the tool loaded these weights and evaluated this config; mask configs
-    # evaluate segm as well
-    keys = COCO_KEYS + (SEGM_KEYS if 'segm' in str(Config.fromfile(str(config)).test_evaluator)
-                        else ())
+    # evaluate segm as well, and their --out dump holds COCO RLE masks
+    keys = COCO_KEYS + (SEGM_KEYS if segm else ())
+    if segm:
+        with open(dump, 'rb') as f:
+            dets = [r['pred_instances'] for r in pickle.load(f)]
+        assert len(dets) == VAL_IMAGES
+        for pred in dets:
+            assert len(pred['masks']) == len(pred['scores']) > 0
+            assert {'size', 'counts'} <= set(pred['masks'][0])
     assert {k: metrics[k] for k in keys} == pytest.approx(val_metrics(work_dir, keys=keys),
                                                           abs=1e-4)
     return _logged_losses(work_dir), metrics
