@@ -165,8 +165,9 @@ def _mutations():
     def ann(key, value):
         return lambda d: d['annotations'][1].__setitem__(key, value)
 
-    def no_bbox(d):
+    def no_bbox(d):  # and no segmentation to take it from
         del d['annotations'][1]['bbox']
+        d['annotations'][1].pop('segmentation', None)
 
     def dup_ann(d):
         d['annotations'][2]['id'] = d['annotations'][1]['id']
@@ -198,6 +199,55 @@ def test_malformed_annotation_file_names_file_and_entry(coco_root, tmp_path, nam
     with pytest.raises(AnnotationFileError) as err:
         _dataset(coco_root, ann_file)
     assert str(ann_file) in str(err.value) and needle in str(err.value)
+
+
+LOAD_MASKS = [dict(type='LoadAnnotations', with_bbox=True, with_mask=True)]
+
+
+def test_objects_without_usable_masks_are_dropped_when_masks_train(coco_root, tmp_path, logs):
+    """With a mask head (the pipeline loads masks) an object without a usable segmentation is
+    dropped like a bad box: counted, logged with its annotation and image ids. Without one the
+    same file keeps the boxes."""
+    data = _coco(coco_root)
+    anns = [a for a in data['annotations'] if not a.get('iscrowd')]
+    assert isinstance(anns[0]['segmentation'], dict)  # the generator writes RLE masks
+    del anns[0]['segmentation']
+    anns[1]['segmentation'] = [[1.0, 2.0, 3.0, 4.0]]  # a polygon of two points
+    anns[2]['segmentation'] = dict(anns[2]['segmentation'], size=[1, 1])  # RLE of another size
+    ann_file = _write(tmp_path, data)
+    boxes_only = _dataset(coco_root, ann_file)
+    with_masks = _dataset(coco_root, ann_file, pipeline=LOAD_MASKS)
+    assert not boxes_only.require_masks and with_masks.require_masks
+    count = lambda ds: sum(len(ds.get_data_info(i)['instances']) for i in range(len(ds)))  # noqa: E731
+    assert count(boxes_only) - count(with_masks) == 3
+    assert [a for a, _ in with_masks.drop_counts['no_segmentation']] == [anns[0]['id']]
+    assert sorted(a for a, _ in with_masks.drop_counts['bad_segmentation']) == sorted(
+        [anns[1]['id'], anns[2]['id']])
+    text = '\n'.join(_messages(logs, 'segmentation'))
+    assert f'{anns[0]["id"]} (image {anns[0]["image_id"]})' in text and str(ann_file) in text
+    assert 'while the pipeline loads masks' in text
+
+
+def test_objects_with_a_mask_but_no_bbox_get_the_masks_extent(coco_root, tmp_path, logs):
+    from pycocotools import mask as mask_utils
+    data = _coco(coco_root)
+    anns = [a for a in data['annotations'] if not a.get('iscrowd')]
+    rle, poly = anns[0], anns[1]
+    expected_rle = [float(v) for v in mask_utils.toBbox(rle['segmentation'])]
+    x, y, w, h = poly['bbox']
+    poly['segmentation'] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+    del rle['bbox'], poly['bbox']
+    dataset = _dataset(coco_root, _write(tmp_path, data), pipeline=LOAD_MASKS)
+    by_image = {}
+    for i in range(len(dataset)):
+        info = dataset.get_data_info(i)
+        by_image[info['img_id']] = [inst['bbox'] for inst in info['instances']]
+    rx, ry, rw, rh = expected_rle
+    assert [rx, ry, rx + rw, ry + rh] in by_image[rle['image_id']]
+    assert [x, y, x + w, y + h] in by_image[poly['image_id']]
+    assert sorted(a for a, _ in dataset.drop_counts['bbox_from_mask']) == sorted(
+        [rle['id'], poly['id']])
+    assert _messages(logs, 'it is taken from the extent of their "segmentation"')
 
 
 def test_missing_annotation_file_is_named(coco_root, tmp_path):

@@ -46,7 +46,15 @@ DROP_REASONS: dict[str, tuple[str, int]] = {
     'crowd': ('are iscrowd=1: kept as ignored instances (not training targets)', logging.INFO),
     'ignore_flag': ("have 'ignore' set: dropped", logging.INFO),
     'unselected_category': ('belong to a category not in `classes`: dropped', logging.INFO),
+    'no_segmentation': ('have no "segmentation" while the pipeline loads masks (a mask head '
+                        'is trained): dropped', logging.WARNING),
+    'bad_segmentation': ('have a "segmentation" that is not a polygon list with >= 3 points '
+                         'or an RLE of the image size: dropped', logging.WARNING),
+    'bbox_from_mask': ('have no "bbox": it is taken from the extent of their "segmentation"',
+                       logging.INFO),
 }
+#: Reasons about masks: their examples name the image id too.
+_MASK_REASONS = ('no_segmentation', 'bad_segmentation', 'bbox_from_mask')
 
 
 class AnnotationFileError(ValueError):
@@ -110,7 +118,7 @@ def check_coco_structure(data: Any, ann_file: str, require_annotations: bool = T
     data.setdefault('annotations', [])
     _check_entries(data['images'], 'images', ('id', 'file_name', 'width', 'height'), ann_file)
     _check_entries(data['categories'], 'categories', ('id', 'name'), ann_file)
-    _check_entries(data['annotations'], 'annotations', ('id', 'image_id', 'category_id', 'bbox'),
+    _check_entries(data['annotations'], 'annotations', ('id', 'image_id', 'category_id'),
                    ann_file)
     for idx, img in enumerate(data['images']):
         size = (img['width'], img['height'])
@@ -119,6 +127,13 @@ def check_coco_structure(data: Any, ann_file: str, require_annotations: bool = T
                 f'{ann_file}: images[{idx}] (id={img["id"]!r}, {img["file_name"]!r}) has '
                 f'width/height {size}; expected positive numbers')
     for idx, ann in enumerate(data['annotations']):
+        if 'bbox' not in ann:
+            if ann.get('segmentation'):
+                continue  # the box comes from the mask (CheckedCocoDataset)
+            raise AnnotationFileError(
+                f'{ann_file}: annotations[{idx}] (id={ann["id"]!r}, image_id='
+                f'{ann["image_id"]!r}) has no "bbox" key and no "segmentation" to take it '
+                'from; every annotations entry needs id, image_id, category_id, bbox')
         bbox = ann['bbox']
         if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4
                 and all(_is_number(v) for v in bbox)):
@@ -132,6 +147,32 @@ def check_coco_structure(data: Any, ann_file: str, require_annotations: bool = T
     names = [cat['name'] for cat in data['categories']]
     if len(set(names)) != len(names):
         raise AnnotationFileError(f'{ann_file}: duplicate category names in {names}')
+
+
+def _segmentation_problem(segm: Any, height: int, width: int) -> str | None:
+    """None if ``segm`` is a usable COCO mask (polygons or RLE of the image size), else the
+    drop reason."""
+    if not segm:
+        return 'no_segmentation'
+    if isinstance(segm, list):
+        ok = all(isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
+                 and all(_is_number(v) and math.isfinite(v) for v in poly) for poly in segm)
+        return None if ok else 'bad_segmentation'
+    if isinstance(segm, dict) and 'counts' in segm and 'size' in segm:
+        return None if list(segm['size']) == [height, width] else 'bad_segmentation'
+    return 'bad_segmentation'
+
+
+def _mask_extent(segm: Any, height: int, width: int) -> list[float]:
+    """COCO ``[x, y, w, h]`` of a usable segmentation (polygons: their coordinates' extent)."""
+    if isinstance(segm, list):
+        xs = [v for poly in segm for v in poly[0::2]]
+        ys = [v for poly in segm for v in poly[1::2]]
+        return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+    from pycocotools import mask as mask_utils
+    rle = segm if isinstance(segm['counts'], (str, bytes)) else mask_utils.frPyObjects(
+        segm, height, width)
+    return [float(v) for v in mask_utils.toBbox(rle)]
 
 
 @DATASETS.register_module()
@@ -150,11 +191,16 @@ class CheckedCocoDataset(CocoDataset):
         on_missing_image: ``'raise'`` (default) stops with the list of missing files;
             ``'drop'`` removes those images from the dataset and logs them.
         max_examples: Number of example annotation ids / files shown per reason.
+        require_masks: Drop (and count) objects without a usable ``segmentation``, as for bad
+            boxes. None: when the pipeline's ``LoadAnnotations`` has ``with_mask=True``, i.e.
+            when a mask head trains. Objects with a ``segmentation`` but no ``bbox`` get their
+            box from the mask in any case.
         *args, **kwargs: Arguments of :class:`~mmdet.datasets.CocoDataset`.
     """
 
     def __init__(self, *args, min_bbox_size: float = 1.0, check_image_files: bool = True,
-                 on_missing_image: str = 'raise', max_examples: int = 5, **kwargs) -> None:
+                 on_missing_image: str = 'raise', max_examples: int = 5,
+                 require_masks: bool | None = None, **kwargs) -> None:
         if on_missing_image not in ('raise', 'drop'):
             raise ValueError(f"on_missing_image={on_missing_image!r}: expected 'raise' or "
                              "'drop'")
@@ -165,6 +211,11 @@ class CheckedCocoDataset(CocoDataset):
         self.check_image_files = check_image_files
         self.on_missing_image = on_missing_image
         self.max_examples = max_examples
+        if require_masks is None:  # a mask head is trained when the pipeline loads masks
+            require_masks = any(
+                isinstance(t, dict) and 'LoadAnnotations' in str(t.get('type'))
+                and t.get('with_mask') for t in kwargs.get('pipeline') or [])
+        self.require_masks = bool(require_masks)
         self.drop_counts: dict[str, list] = defaultdict(list)
         super().__init__(*args, **kwargs)
 
@@ -297,10 +348,21 @@ class CheckedCocoDataset(CocoDataset):
             elif ann.get('ignore', False):
                 reason = 'ignore_flag'
             else:
-                bbox, reason = self._check_bbox(ann['bbox'], img_info['width'],
-                                                img_info['height'])
+                height, width = img_info['height'], img_info['width']
+                mask_problem = _segmentation_problem(ann.get('segmentation'), height, width)
+                raw_bbox = ann.get('bbox')
+                if raw_bbox is None and mask_problem is None:
+                    raw_bbox = _mask_extent(ann['segmentation'], height, width)
+                    self.drop_counts['bbox_from_mask'].append((ann['id'], img_info['img_id']))
+                if raw_bbox is None:  # an unusable segmentation and no box
+                    reason = 'bad_segmentation'
+                elif self.require_masks and mask_problem is not None:
+                    reason = mask_problem
+                else:
+                    bbox, reason = self._check_bbox(raw_bbox, width, height)
             if reason is not None:
-                self.drop_counts[reason].append(ann['id'])
+                entry = (ann['id'], img_info['img_id']) if reason in _MASK_REASONS else ann['id']
+                self.drop_counts[reason].append(entry)
             if reason not in (None, 'clipped'):
                 continue
             crowd = bool(ann.get('iscrowd', False))
@@ -340,8 +402,12 @@ class CheckedCocoDataset(CocoDataset):
         """Log one line per drop reason, empty classes, and a dataset summary."""
         for reason, ann_ids in self.drop_counts.items():
             what, level = DROP_REASONS[reason]
+            if reason in _MASK_REASONS:  # (annotation id, image id) pairs
+                examples = ', '.join(f'{a} (image {i})' for a, i in ann_ids[:self.max_examples])
+            else:
+                examples = str(ann_ids[:self.max_examples])
             print_log(f'{self.ann_file}: {len(ann_ids)} annotation(s) {what} (e.g. annotation '
-                      f'ids {ann_ids[:self.max_examples]})', logger='current', level=level)
+                      f'ids {examples})', logger='current', level=level)
         counts, num_ignored = [0] * len(self.cat_ids), 0
         for info in data_list:
             for inst in info['instances']:
