@@ -8,7 +8,8 @@ intermediates and the training losses) in ``tests/data/official_parity_a/``; and
 ``official_masks_a/``, what the mask-variant-A test compares (the FCN mask head's weights, the
 ground-truth masks, the two-stage detections with their masks cropped to their extent, the
 28x28 mask logits and the training losses) in ``tests/data/official_masks_a/`` (about 1 MB: the
-non-mask weights and the images are those of official_parity_a, checked here)::
+non-mask weights and the images are those of official_parity_a, checked here), plus Co-DINO-Inst's
+training stage logits and targets with its official BAR ``loss_mask`` (0.9 MB)::
 
     python tools/misc/make_parity_fixture.py [--src ../shared/reference/official_parity_a]
 """
@@ -60,8 +61,9 @@ def main() -> None:
         print(f'{path.relative_to(REPO_ROOT)}: {path.stat().st_size / 2**20:.2f} MiB')
     masks_src = args.src.parent / 'official_masks_a'
     if masks_src.is_dir():
-        out = make_mask_fixture(masks_src, inputs, DEFAULT_MASKS_DST)
-        print(f'{out.relative_to(REPO_ROOT)}: {out.stat().st_size / 2**20:.2f} MiB')
+        for out in (make_mask_fixture(masks_src, inputs, DEFAULT_MASKS_DST),
+                    make_bar_loss_fixture(masks_src, DEFAULT_MASKS_DST)):
+            print(f'{out.relative_to(REPO_ROOT)}: {out.stat().st_size / 2**20:.2f} MiB')
 
 
 def _pack(masks) -> torch.Tensor:
@@ -69,6 +71,32 @@ def _pack(masks) -> torch.Tensor:
     import numpy as np
     flat = np.asarray(masks, dtype=bool).reshape(len(masks), -1)
     return torch.from_numpy(np.packbits(flat, axis=1))
+
+
+def make_bar_loss_fixture(src: Path, dst: Path) -> Path:
+    """Write ``official_codino_inst_bar.pt``: Co-DINO-Inst's training stage logits and targets
+    (seed 0) and the official ``loss_mask``. The 63 positives hold 13 distinct (RoI, target)
+    rows; those are stored once (``stage_preds``, bit-packed ``stage_targets``) with the
+    ``inverse`` index that rebuilds the 63."""
+    inter = torch.load(src / 'official_codino_inst_train_intermediates_a.pt', weights_only=True)
+    sizes = [p.shape[-1] for p in inter['stage_preds']]
+    flat = torch.cat([p.flatten(1) for p in inter['stage_preds']]
+                     + [m.flatten(1) for m in inter['stage_mask_targets']], 1)
+    unique, inverse = torch.unique(flat, dim=0, return_inverse=True)
+    preds, targets, start = [], [], 0
+    for size in sizes:
+        preds.append(unique[:, start:start + size * size].reshape(-1, 1, size, size).clone())
+        start += size * size
+    for size in sizes:
+        targets.append(_pack(unique[:, start:start + size * size].reshape(-1, size, size) > 0.5))
+        start += size * size
+    fixture = dict(stage_preds=preds, stage_targets=targets, sizes=sizes, inverse=inverse,
+                   loss_mask=float(inter['loss_mask']), loss_weight=1.33 * 4,
+                   source='official Co-DINO-Inst tiny, seed 0; copied from '
+                          'shared/reference/official_masks_a by ' + Path(__file__).name)
+    dst.mkdir(parents=True, exist_ok=True)
+    torch.save(fixture, dst / 'official_codino_inst_bar.pt')
+    return dst / 'official_codino_inst_bar.pt'
 
 
 def make_mask_fixture(src: Path, parity_inputs: dict, dst: Path) -> Path:

@@ -10,11 +10,13 @@ from .layers import (
                      CoDinoTransformerDecoder,
                      build_aux_query_targets,
 )
+from .losses import BARLoss, generate_block_target
 from .roi_heads import CoStandardRoIHead
 
 __all__ = [
     'CoATSSHead', 'CoDeformDETRHead', 'CoDINOHead', 'CoDETR', 'AuxPositives', 'AuxQueryTargets',
     'build_aux_query_targets', 'CoDeformableDetrTransformerDecoder',
     'CoDeformableDetrTransformerDecoderLayer', 'CoDeformableDetrTransformerEncoder',
-    'CoDeformableDetrTransformerEncoderLayer', 'CoDinoTransformerDecoder', 'CoStandardRoIHead'
+    'CoDeformableDetrTransformerEncoderLayer', 'CoDinoTransformerDecoder', 'CoStandardRoIHead',
+    'BARLoss', 'generate_block_target'
 ]
