@@ -138,6 +138,24 @@ def _scale_options(cfg: Config) -> list[str]:
     return options
 
 
+def sampling_options(cfg: Config) -> list[str]:
+    """``--cfg-options`` for 100 queries, 20 denoising queries, 100 RPN proposals and 64 RoI
+    samples per image (the synthetic config's sizes)."""
+    opts = ['model.query_head.num_query=100']
+    if cfg.model.query_head.get('dn_cfg'):
+        opts.append('model.query_head.dn_cfg.group_cfg.num_dn_queries=20')
+    for i, train in enumerate(cfg.model.train_cfg):
+        if 'rpn_proposal' in train:
+            opts += [f'model.train_cfg.{i}.rpn_proposal.nms_pre=300',
+                     f'model.train_cfg.{i}.rpn_proposal.max_per_img=100',
+                     f'model.train_cfg.{i}.rcnn.sampler.num=64']
+    for i, test in enumerate(cfg.model.test_cfg):
+        if 'rpn' in test:
+            opts += [f'model.test_cfg.{i}.rpn.nms_pre=300',
+                     f'model.test_cfg.{i}.rpn.max_per_img=100']
+    return opts
+
+
 def _inner_dataset(cfg: Config, split: str) -> tuple[dict, str]:
     """The innermost dataset of a split (inside wrappers) and its ``--cfg-options`` path."""
     dataset, path = cfg[f'{split}_dataloader']['dataset'], f'{split}_dataloader.dataset'
@@ -173,19 +191,7 @@ def _options(config: Path, synthetic_root: Path, coco_root: Path,
         # COCO-sized sampling on 3 images of 160x96 px: the same modules and code paths with
         # fewer queries, proposals and RoI samples (the synthetic config's sizes); `make
         # test-full` runs the configs' own counts
-        qh = cfg.model.query_head
-        opts.append('model.query_head.num_query=100')
-        if qh.get('dn_cfg'):
-            opts.append('model.query_head.dn_cfg.group_cfg.num_dn_queries=20')
-        for i, train in enumerate(cfg.model.train_cfg):
-            if 'rpn_proposal' in train:
-                opts += [f'model.train_cfg.{i}.rpn_proposal.nms_pre=300',
-                         f'model.train_cfg.{i}.rpn_proposal.max_per_img=100',
-                         f'model.train_cfg.{i}.rcnn.sampler.num=64']
-        for i, test in enumerate(cfg.model.test_cfg):
-            if 'rpn' in test:
-                opts += [f'model.test_cfg.{i}.rpn.nms_pre=300',
-                         f'model.test_cfg.{i}.rpn.max_per_img=100']
+        opts += sampling_options(cfg)
     if cfg.model.backbone.type == 'SwinTransformer':
         # Swin-L's third stage shortened from 18 to 2 blocks: the same modules and wiring at
         # a fraction of the CPU time (the full depth is built and checked against the port's

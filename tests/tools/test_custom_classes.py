@@ -19,7 +19,7 @@ from projects.codetr.utils import read_checkpoint
 from tools.misc.generate_synthetic_coco import generate_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_config_matrix import _scale_options  # noqa: E402
+from test_config_matrix import _scale_options, sampling_options  # noqa: E402
 from test_tools import COCO_KEYS, REPO_ROOT, _run, val_metrics  # noqa: E402
 
 GET_STARTED = REPO_ROOT / 'docs' / 'get_started.md'
@@ -77,13 +77,7 @@ def _options(config: Path, data_root: Path) -> list[str]:
              'default_hooks.checkpoint.interval=1', 'default_hooks.logger.interval=1',
              'default_hooks.checkpoint.save_optimizer=False', 'model.backbone.init_cfg=None']
     if cfg.model.query_head.type == 'CoDINOHead':  # the config matrix's sizes
-        opts += _scale_options(cfg) + [
-            'model.query_head.num_query=100',
-            'model.query_head.dn_cfg.group_cfg.num_dn_queries=20',
-            'model.train_cfg.1.rpn_proposal.nms_pre=300',
-            'model.train_cfg.1.rpn_proposal.max_per_img=100',
-            'model.train_cfg.1.rcnn.sampler.num=64', 'model.test_cfg.1.rpn.nms_pre=300',
-            'model.test_cfg.1.rpn.max_per_img=100']
+        opts += _scale_options(cfg) + sampling_options(cfg)
     return ['--cfg-options', *opts]
 
 

@@ -445,24 +445,16 @@ def init_detector_checked(cfg: Config, checkpoint: str, device: str, config_path
 
     from mmdet.apis import init_detector
 
-    from projects.codetr.utils import read_checkpoint
-    from projects.codetr.utils.checkpoint_check import (
-        CheckpointMismatchError,
-        match_checkpoint,
-        mismatch_message,
-        state_dict_of,
-    )
+    from projects.codetr.utils import enforce_fit, read_checkpoint
+    from projects.codetr.utils.checkpoint_check import match_checkpoint, state_dict_of
 
     ckpt = read_checkpoint(checkpoint, mmap=True)  # a bad file stops here, in one line
     with contextlib.redirect_stdout(io.StringIO()):
         model = init_detector(cfg, checkpoint, device=device)
     match = match_checkpoint(model, state_dict_of(ckpt))
-    if match.ok:
+    message = enforce_fit(model, match, checkpoint, config_path, allow_partial)
+    if message is None:
         return model, None
-    message = mismatch_message(match, checkpoint, config_path)
-    if not allow_partial:
-        raise CheckpointMismatchError(message)
-    model.allow_partial_checkpoint = True
     print(f'WARNING: {message}\n--allow-partial-checkpoint is set: running anyway',
           file=sys.stderr)
     return model, match

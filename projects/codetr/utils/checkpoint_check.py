@@ -11,8 +11,8 @@ inference paths one policy:
 - :func:`match_checkpoint` lists the missing, unexpected and size-mismatched tensors;
 - :class:`CheckpointMismatchError` says how many of each, the first few with both shapes, and
   the likely cause;
-- :func:`load_checkpoint_checked` reads, checks and loads (``allow_partial=True`` keeps
-  mmengine's partial loading, with the report).
+- :func:`enforce_fit` refuses, or with ``allow_partial=True`` lets a partial load through
+  deliberately (mmengine's partial loading, with the report).
 
 Fine-tuning (``load_from`` in training) keeps its partial loading; see
 :class:`~projects.codetr.engine.hooks.CheckpointMatchHook` for the runner side.
@@ -235,40 +235,32 @@ def mismatch_message(match: CheckpointMatch, checkpoint: str | None, config: str
     return '\n'.join(lines)
 
 
-def load_checkpoint_checked(model: nn.Module, path: str, allow_partial: bool = False,
-                            config: str | None = None, way_out: str = EVAL_WAY_OUT
-                            ) -> tuple[dict, CheckpointMatch]:
-    """Read ``path``, check it against ``model`` and load it.
+def enforce_fit(model: nn.Module, match: CheckpointMatch, checkpoint: str | None,
+                config: str | None = None, allow_partial: bool = False,
+                way_out: str = EVAL_WAY_OUT) -> str | None:
+    """Refuse a checkpoint that does not fit, or let it through deliberately.
 
     Args:
-        model: Model to load into.
-        path: Checkpoint file.
-        allow_partial: Load what fits and keep the rest of the model's initialisation (the
-            report is returned) instead of refusing.
-        config: Config path, for the message.
+        model: The model it is loaded into (a DDP wrapper is unwrapped).
+        match: :func:`match_checkpoint` of the checkpoint against ``model``.
+        checkpoint, config: File names for the message.
+        allow_partial: Let a partial load through: ``model.allow_partial_checkpoint`` is set,
+            so that ``predict`` runs, and the message is returned for the caller to report.
         way_out: Last line of the message.
 
     Returns:
-        tuple[dict, CheckpointMatch]: The checkpoint (for its ``meta``) and the comparison.
+        str | None: None when the checkpoint fits, else the message (``allow_partial``).
 
     Raises:
-        CheckpointFileError: The file cannot be read.
-        CheckpointMismatchError: The tensors do not fit and ``allow_partial`` is False.
+        CheckpointMismatchError: When it does not fit and ``allow_partial`` is False.
     """
-    ckpt = read_checkpoint(path)
-    state = state_dict_of(ckpt)
-    match = match_checkpoint(model, state)
-    if not match.ok and not allow_partial:
-        raise CheckpointMismatchError(mismatch_message(match, path, config, way_out=way_out))
-    own = getattr(model, 'module', model)
-    shapes = {k: tuple(v.shape) for k, v in own.state_dict().items()}
-    # torch refuses size mismatches even with strict=False: load what fits
-    fitting = {k: v for k, v in state.items() if shapes.get(k) == tuple(v.shape)}
-    own.load_state_dict(fitting, strict=False)
-    own.checkpoint_match = match  # the whole file's fit, not the fitting subset's
-    if allow_partial:
-        own.allow_partial_checkpoint = True
-    return ckpt, match
+    if match.ok:
+        return None
+    message = mismatch_message(match, checkpoint, config, way_out=way_out)
+    if not allow_partial:
+        raise CheckpointMismatchError(message)
+    getattr(model, 'module', model).allow_partial_checkpoint = True
+    return message
 
 
 class CheckpointFitMixin:

@@ -12,9 +12,8 @@ from mmengine.runner import find_latest_checkpoint
 
 from ...utils.checkpoint_check import (
     EVAL_WAY_OUT,
-    CheckpointMismatchError,
+    enforce_fit,
     match_checkpoint,
-    mismatch_message,
     state_dict_of,
 )
 
@@ -63,10 +62,8 @@ class CheckpointMatchHook(Hook):
         name = self.checkpoint
         if name is None and getattr(runner, '_resume', False):  # `--resume` without a file
             name = find_latest_checkpoint(runner.work_dir)
-        message = mismatch_message(match, name, self.config, way_out=self.way_out)
-        if not self.allow_partial:
-            raise CheckpointMismatchError(message)
-        model.allow_partial_checkpoint = True
+        message = enforce_fit(model, match, name, self.config, self.allow_partial,
+                              self.way_out)
         runner.message_hub.update_info('checkpoint_match', match.to_dict())
         print_log(f'{message}\nPartial loading is allowed: loading what fits.',
                   logger='current', level=logging.WARNING)
