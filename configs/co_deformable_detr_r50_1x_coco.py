@@ -217,7 +217,9 @@ model = dict(
                 score_thr=0.0, nms=dict(type='nms', iou_threshold=0.5), max_per_img=100)),
         dict(
             nms_pre=1000,
-            min_bbox_size=0,
+            # -1: keep boxes of zero width/height, as the official (mmdet 2.x) dense heads;
+            # mmdet 3.x drops boxes with a side <= min_bbox_size when it is >= 0
+            min_bbox_size=-1,
             score_thr=0.0,
             nms=dict(type='nms', iou_threshold=0.6),
             max_per_img=100)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's main command (`make demo`): install or reuse the environment,
 # generate the synthetic shapes dataset (reused when already generated with the
-# same arguments), train Co-DETR on it, evaluate the query head (the product)
-# and each auxiliary head on its own with tools/test.py, draw the validation
+# same arguments), train Co-DETR with its mask branch on it, evaluate the query
+# head (the product: boxes and masks) and each auxiliary head (boxes) on its own
+# with tools/test.py, draw the validation
 # predictions beside their ground truth plus a contact sheet, and plot loss /
 # val mAP against iteration. Everything lands in work_dirs/demo/.
 # Override with DATA=..., WORK=..., CONFIG=...; `tools/demo.sh --data-only`
@@ -10,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CONFIG=${CONFIG:-configs/co_deformable_detr_synthetic.py}
+CONFIG=${CONFIG:-configs/co_deformable_detr_inst_synthetic.py}
 DATA=${DATA:-data/synthetic}
 WORK=${WORK:-work_dirs/demo}
 PY=${PYTHON:-.venv/bin/python}
@@ -46,12 +47,13 @@ CKPT=$(ls -t "$WORK"/best_coco_bbox_mAP_*.pth 2>/dev/null | head -n 1 || true)
 step "evaluating the query head of $CKPT with tools/test.py"
 "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test" \
   --metrics-out "$WORK/metrics.json" --cfg-options "${DATA_OPTS[@]}"
-# The auxiliary heads are detectors too: their own AP on the same images.
+# The auxiliary heads are detectors too: their own box AP on the same images (the mask
+# branch runs on the query head's boxes only).
 for head in two-stage one-stage; do
   step "evaluating the auxiliary $head head (model.eval_module=$head)"
   "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test_$head" \
     --metrics-out "$WORK/metrics_$head.json" \
-    --cfg-options "${DATA_OPTS[@]}" "model.eval_module=$head"
+    --cfg-options "${DATA_OPTS[@]}" "model.eval_module=$head" test_evaluator.metric=bbox
 done
 
 step "drawing predictions (right) beside the ground truth (left) -> $WORK/predictions"
@@ -73,7 +75,12 @@ for name, file in (('query head (Co-DETR)', 'metrics.json'),
                    ('aux ATSS (one-stage)', 'metrics_one-stage.json')):
     m = json.loads((work / file).read_text())
     summary[name] = {k: m[f'coco/bbox_{k}'] for k in ('mAP', 'mAP_50', 'mAP_75')}
-    print(f'{name:30s} mAP {m["coco/bbox_mAP"]:.3f}  mAP@50 {m["coco/bbox_mAP_50"]:.3f}')
+    line = f'{name:30s} box mAP {m["coco/bbox_mAP"]:.3f}  mAP@50 {m["coco/bbox_mAP_50"]:.3f}'
+    if 'coco/segm_mAP' in m:  # the mask branch (query head's boxes)
+        summary[name].update({f'segm_{k}': m[f'coco/segm_{k}']
+                              for k in ('mAP', 'mAP_50', 'mAP_75')})
+        line += f'  mask mAP {m["coco/segm_mAP"]:.3f}  mAP@50 {m["coco/segm_mAP_50"]:.3f}'
+    print(line)
 (work / 'summary.json').write_text(json.dumps(summary, indent=1) + '\n')
 print(f'demo took {elapsed // 60} min {elapsed % 60} s; {work}/summary.json')
 EOF

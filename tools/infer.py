@@ -9,9 +9,11 @@ Writes one visualised PNG per image (boxes, class names, scores) and ``detection
 ``detections.json`` holds ``{"config", "checkpoint", "score_thr", "classes", "images": [...],
 "num_skipped", "skipped": [...], "interrupted"}`` with, per image: ``file``, ``width``,
 ``height``, ``bboxes`` (``[x1, y1, x2, y2]`` in input-image pixels), ``scores``, ``labels``
-(0-based), ``class_names`` and, for a model that predicts masks (e.g. the mask config with
-``eval_module='two-stage'``), ``masks`` as COCO RLE (``size``, ``counts``); only detections with
-``score >= --score-thr`` are kept. The drawings show the masks too.
+(0-based), ``class_names`` and, for a model that predicts masks (the Co-DINO-Inst configs, the
+mask config with ``eval_module='two-stage'``), ``masks`` as COCO RLE (``size``, ``counts``) and,
+with a mask-IoU head, ``mask_scores`` (box score x predicted mask IoU); only detections with
+``score >= --score-thr`` are kept. The drawings show the masks too (and the ground-truth masks
+with ``--gt-ann``).
 
 Nothing made is lost: an image that cannot be read or decoded is skipped (named in the log and
 in ``skipped`` with the reason), the other images are processed, and the exit code is 3.
@@ -132,7 +134,10 @@ def _backend_model(cfg, onnx_file: str, backend: str, precision: str = 'fp32'):
 
 
 def load_ground_truth(ann_file: str | Path, classes: Sequence[str]) -> dict:
-    """Ground-truth boxes per image file name: ``{name: (bboxes xyxy, labels)}``.
+    """Ground truth per image file name: ``{name: (bboxes xyxy, labels, segmentations)}``.
+
+    ``segmentations`` holds each object's COCO ``segmentation`` (polygons or RLE; None when
+    absent) with the image's height and width, for drawing masks.
 
     Category ids are mapped to label indices through the category *names*, which must be among
     ``classes`` (the model's); crowd annotations are skipped.
@@ -152,7 +157,8 @@ def load_ground_truth(ann_file: str | Path, classes: Sequence[str]) -> dict:
             raise ValueError(f'{ann_file}: category {cat["name"]!r} (id {cat["id"]}) is not '
                              f'one of the model\'s classes {tuple(classes)}')
         label_of[cat['id']] = list(classes).index(cat['name'])
-    boxes = {img['id']: ([], []) for img in coco['images']}
+    boxes = {img['id']: ([], [], []) for img in coco['images']}
+    sizes = {img['id']: (img.get('height'), img.get('width')) for img in coco['images']}
     for ann in coco.get('annotations', []):
         if ann.get('iscrowd', 0) or ann['image_id'] not in boxes:
             continue
@@ -163,6 +169,8 @@ def load_ground_truth(ann_file: str | Path, classes: Sequence[str]) -> dict:
         x, y, w, h = ann['bbox']
         boxes[ann['image_id']][0].append([x, y, x + w, y + h])
         boxes[ann['image_id']][1].append(label_of[ann['category_id']])
+        segm = ann.get('segmentation')
+        boxes[ann['image_id']][2].append((segm, *sizes[ann['image_id']]) if segm else None)
     return {Path(img['file_name']).name: boxes[img['id']] for img in coco['images']}
 
 
@@ -177,7 +185,8 @@ def draw_detections(visualizer, image, result, out_file: Path, score_thr: float,
         out_file: PNG to write.
         score_thr: Predictions below this score are not drawn.
         min_side: Upscale so that the shorter side is at least this (0: as is).
-        gt: ``(bboxes xyxy, labels)`` lists to draw on the left, or None.
+        gt: ``(bboxes xyxy, labels[, segmentations])`` lists to draw on the left, or None;
+            the masks are drawn when every object has a segmentation.
     """
     import cv2
     import torch
@@ -193,20 +202,50 @@ def draw_detections(visualizer, image, result, out_file: Path, score_thr: float,
                                          labels=pred.labels.detach().cpu()[keep])
     if 'masks' in pred:  # (N, H, W) bool at the image size; upscaled with the drawing
         masks = pred.masks.detach().cpu()[keep]
-        if scale > 1.0 and len(masks):
+        if scale > 1.0:
             size = (round(image.shape[0] * scale), round(image.shape[1] * scale))
-            masks = torch.nn.functional.interpolate(masks[:, None].float(), size=size,
-                                                    mode='nearest')[:, 0] > 0.5
+            masks = torch.nn.functional.interpolate(
+                masks[:, None].float(), size=size, mode='nearest')[:, 0] > 0.5 \
+                if len(masks) else masks.new_zeros((0, *size))  # nothing kept: still sized
         sample.pred_instances.masks = masks.numpy()
     if gt is not None:
         bboxes = torch.tensor(gt[0], dtype=torch.float32).reshape(-1, 4) * scale
         sample.gt_instances = InstanceData(bboxes=bboxes,
                                            labels=torch.tensor(gt[1], dtype=torch.long))
+        segms = gt[2] if len(gt) > 2 else []
+        if segms and all(segms):
+            sample.gt_instances.masks = _decode_segmentations(segms, image.shape[:2], scale)
     if scale > 1.0:
         size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
         image = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
     visualizer.add_datasample(out_file.stem, image, sample, draw_gt=gt is not None,
                               show=False, pred_score_thr=score_thr, out_file=str(out_file))
+
+
+def _decode_segmentations(segms: Sequence[tuple], image_hw: tuple, scale: float):
+    """COCO segmentations ``(segmentation, height, width)`` -> bool masks (N, H', W') at the
+    drawing's size."""
+    import numpy as np
+    import torch
+    from pycocotools import mask as mask_utils
+    h, w = image_hw
+    masks = []
+    for segm, seg_h, seg_w in segms:
+        seg_h, seg_w = seg_h or h, seg_w or w
+        if isinstance(segm, list):  # polygons
+            rle = mask_utils.merge(mask_utils.frPyObjects(segm, seg_h, seg_w))
+        elif isinstance(segm.get('counts'), list):  # uncompressed RLE
+            rle = mask_utils.frPyObjects(segm, seg_h, seg_w)
+        else:
+            rle = dict(segm, counts=segm['counts'].encode()) if isinstance(
+                segm['counts'], str) else segm
+        masks.append(mask_utils.decode(rle)[:h, :w].astype(bool))
+    masks = torch.from_numpy(np.stack(masks))
+    if scale > 1.0:
+        size = (round(h * scale), round(w * scale))
+        masks = torch.nn.functional.interpolate(masks[:, None].float(), size=size,
+                                                mode='nearest')[:, 0] > 0.5
+    return masks.numpy()
 
 
 def write_contact_sheet(pngs: Sequence[Path], out_file: str | Path, tile: int = 512) -> Path:
@@ -372,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 records.append(_record(image_path, result, args.score_thr, classes))
                 gt = None
                 if ground_truth is not None:
-                    gt = ground_truth.get(image_path.name, ([], []))
+                    gt = ground_truth.get(image_path.name, ([], [], []))
                 drawings.append(out_dir / f'{image_path.stem}.png')
                 draw_detections(visualizer, image, result, drawings[-1], args.score_thr,
                                 min_side=args.min_side, gt=gt)
@@ -407,6 +446,8 @@ def _record(image_path: Path, result, score_thr: float, classes: list) -> dict:
                   bboxes=[[round(v, 2) for v in box] for box in bboxes],
                   scores=[round(s, 4) for s in scores], labels=labels,
                   class_names=[classes[i] if i < len(classes) else str(i) for i in labels])
+    if 'mask_scores' in pred:  # Co-DINO-Inst: box score x predicted mask IoU (segm ranking)
+        record['mask_scores'] = [round(s, 4) for s in pred.mask_scores[keep].cpu().tolist()]
     if 'masks' in pred:  # COCO RLE per kept detection, at the input image's size
         import numpy as np
         from pycocotools import mask as mask_utils

@@ -41,7 +41,7 @@ log "build/runtime helpers (setuptools>=77,<81: mmcv's setup.py imports pkg_reso
 
 log "mmengine and pure-python dependencies"
 "${PIP[@]}" "$(pin mmengine)" "$(pin opencv-python)" "$(pin pycocotools)" \
-  "$(pin matplotlib)" "$(pin pytest)" "$(pin ruff)" || die "dependency install failed"
+  "$(pin matplotlib)" "$(pin lvis)" "$(pin pytest)" "$(pin ruff)" || die "dependency install failed"
 
 if "$PY" -c "import mmcv, mmcv._ext; assert mmcv.__version__ == '2.1.0'" 2>/dev/null; then
   log "mmcv 2.1.0 with compiled ops already importable: skipping the build"
@@ -61,7 +61,7 @@ log "deployment runtimes (onnx, onnxruntime, openvino)"
 
 log "checking the stack"
 "$PY" - <<'PY' || die "import check failed"
-import torch, mmengine, mmcv, mmdet, mmcv._ext, pycocotools, onnx, onnxruntime, openvino  # noqa: F401
+import torch, mmengine, mmcv, mmdet, mmcv._ext, pycocotools, lvis, onnx, onnxruntime, openvino  # noqa: F401
 print(f"[install] torch {torch.__version__}, mmengine {mmengine.__version__}, "
       f"mmcv {mmcv.__version__} (ops), mmdet {mmdet.__version__}")
 PY

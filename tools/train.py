@@ -110,8 +110,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         cfg.load_from = args.resume
     if cfg.get('load_from') and not cfg.get('resume') and not osp.isfile(cfg.load_from):
         if '://' not in cfg.load_from:
-            raise FileNotFoundError(f'load_from={cfg.load_from!r} in {args.config} does '
-                                    'not exist')
+            raise FileNotFoundError(
+                f'load_from={cfg.load_from!r} in {args.config} does not exist; convert the '
+                'official checkpoint with tools/model_converters/official_to_mmdet3.py to '
+                'that path (docs/checkpoints.md), or start from the config\'s initialisation '
+                'with --cfg-options load_from=None')
+    backbone = cfg.model.get('backbone', {})
+    if (backbone.get('type') == 'ViT' and not backbone.get('init_cfg')
+            and not cfg.get('load_from')):
+        print(f'WARNING: {args.config}: the ViT backbone starts from random weights (no '
+              'load_from, no backbone init_cfg); the official ViT-L numbers fine-tune the '
+              'Objects365 detector', file=sys.stderr)
 
     if cfg.get('resume'):
         add_resume_check(cfg, args.config)

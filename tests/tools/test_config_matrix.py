@@ -35,6 +35,7 @@ VAL_IMAGES = 3
 SMALL_TRAIN_SCALE = (160, 96)
 SMALL_TEST_SCALE = (160, 96)
 SEGM_KEYS = tuple(k.replace('bbox', 'segm') for k in COCO_KEYS)
+LVIS_KEYS = ('lvis/bbox_AP', 'lvis/bbox_AP50', 'lvis/bbox_APr', 'lvis/bbox_APc', 'lvis/bbox_APf')
 
 # The README's switches, as a user writes them: a config that inherits from the synthetic one.
 SWITCHES = {
@@ -71,6 +72,12 @@ EXPECTED_LOSSES = {
     'co_dino_5scale': ({'dn_loss_cls', 'd0.dn_loss_iou', 'enc_loss_cls', 'loss_rpn_cls',
                         'loss_cls0', 'loss_centerness1', 'loss_cls_aux0', 'loss_cls_aux1'},
                        set()),
+    'co_deformable_detr_inst': ({'loss_mask', 'loss_mask_iou', 'loss_rpn_cls', 'loss_cls0',
+                                 'loss_centerness1', 'loss_cls_aux0', 'loss_cls_aux1'},
+                                {'loss_mask0'}),
+    'co_dino_5scale_instance': ({'dn_loss_cls', 'enc_loss_cls', 'loss_mask', 'loss_mask_iou',
+                                 'loss_rpn_cls', 'loss_cls0', 'loss_centerness1',
+                                 'loss_cls_aux0', 'loss_cls_aux1'}, {'loss_mask0'}),
     'dino_5scale': ({'dn_loss_cls', 'enc_loss_cls', 'd0.loss_cls'},
                     {'loss_rpn_cls', 'loss_cls0', 'loss_cls_aux0'}),
 }
@@ -79,9 +86,12 @@ EXPECTED_LOSSES = {
 def _coco_layout(root: Path, src: Path) -> Path:
     """``root`` as a COCO folder (train2017/, val2017/, annotations/instances_*2017.json)
     with the synthetic images, the 80 COCO categories (shapes -> the first 6) and without
-    the optional ``info``/``licenses`` keys."""
-    from mmdet.datasets import CocoDataset
+    the optional ``info``/``licenses`` keys; plus the LVIS v1 files of the same images
+    (annotations/lvis_v1_*.json: ``coco_url`` image paths, the 1203 LVIS categories with
+    frequencies f/c/r, no ``iscrowd``)."""
+    from mmdet.datasets import CocoDataset, LVISV1Dataset
     names = CocoDataset.METAINFO['classes']
+    lvis_names = LVISV1Dataset.METAINFO['classes']  # all 1203, as the model's class layers
     (root / 'annotations').mkdir(parents=True, exist_ok=True)
     for split in ('train', 'val'):
         (root / f'{split}2017').symlink_to(src / split, target_is_directory=True)
@@ -90,6 +100,16 @@ def _coco_layout(root: Path, src: Path) -> Path:
             data.pop(key, None)
         data['categories'] = [dict(id=i + 1, name=name) for i, name in enumerate(names)]
         (root / 'annotations' / f'instances_{split}2017.json').write_text(json.dumps(data))
+        lvis = dict(
+            images=[dict(img, coco_url=f'http://images.cocodataset.org/{split}2017/'
+                                       f'{img["file_name"]}',
+                         neg_category_ids=[], not_exhaustive_category_ids=[])
+                    for img in data['images']],
+            categories=[dict(id=i + 1, name=name, frequency='fcr'[i % 3], synset=name)
+                        for i, name in enumerate(lvis_names)],
+            annotations=[{k: v for k, v in ann.items() if k != 'iscrowd'}
+                         for ann in data['annotations']])
+        (root / 'annotations' / f'lvis_v1_{split}.json').write_text(json.dumps(lvis))
     return root
 
 
@@ -140,7 +160,7 @@ def _scale_options(cfg: Config) -> list[str]:
 
 def sampling_options(cfg: Config) -> list[str]:
     """``--cfg-options`` for 100 queries, 20 denoising queries, 100 RPN proposals and 64 RoI
-    samples per image (the synthetic config's sizes)."""
+    samples per image (the synthetic config's sizes), and 64 mask-branch samples."""
     opts = ['model.query_head.num_query=100']
     if cfg.model.query_head.get('dn_cfg'):
         opts.append('model.query_head.dn_cfg.group_cfg.num_dn_queries=20')
@@ -149,6 +169,8 @@ def sampling_options(cfg: Config) -> list[str]:
             opts += [f'model.train_cfg.{i}.rpn_proposal.nms_pre=300',
                      f'model.train_cfg.{i}.rpn_proposal.max_per_img=100',
                      f'model.train_cfg.{i}.rcnn.sampler.num=64']
+    if cfg.model.get('mask_head'):  # Co-DINO-Inst: 16 positive mask RoIs (COCO: 128)
+        opts.append('model.train_cfg.1.sampler.num=64')
     for i, test in enumerate(cfg.model.test_cfg):
         if 'rpn' in test:
             opts += [f'model.test_cfg.{i}.rpn.nms_pre=300',
@@ -182,6 +204,7 @@ def _options(config: Path, synthetic_root: Path, coco_root: Path,
              # cost up to 1.5 GB and 10 s per run (resume: tests/engine/test_reliability.py)
              'default_hooks.checkpoint.save_optimizer=False',
              'model.backbone.init_cfg=None',  # no ImageNet download here
+             'load_from=None',  # nor the official Objects365 detectors
              # the usual data-debugging switch; persistent_workers is dropped by the tools
              'train_dataloader.num_workers=0', 'val_dataloader.num_workers=0',
              'test_dataloader.num_workers=0']
@@ -199,6 +222,12 @@ def _options(config: Path, synthetic_root: Path, coco_root: Path,
         depths = list(cfg.model.backbone.depths)
         depths[2] = 2
         opts.append(f'model.backbone.depths={depths}'.replace(' ', ''))
+    if cfg.model.backbone.type == 'ViT':
+        # ViT-L cut to 2 of 24 blocks (a window block and a global one); the full depth is
+        # built and counted in tests/models/backbones/test_vit.py
+        opts += ['model.backbone.depth=2', 'model.backbone.window_block_indexes=[0]']
+        if cfg.optim_wrapper.get('constructor') == 'ViTLayerDecayOptimizerConstructor':
+            opts.append('optim_wrapper.paramwise_cfg.num_layers=2')
     return ['--cfg-options', *opts]
 
 
@@ -218,11 +247,14 @@ def _train_and_test(config: Path, synthetic_root: Path, coco_root: Path,
          timeout=420)
     log = next(work_dir.glob('*/*.log')).read_text()
     assert 'resumed from a checkpoint' not in log  # a fresh run is not a resume
-    assert re.search(r'coco/bbox_mAP: [-\d.]+', log), 'no validation metrics in the log'
+    assert re.search(r'(coco/bbox_mAP|lvis/bbox_AP): [-\d.]+', log), \
+        'no validation metrics in the log'
     ckpt = work_dir / 'epoch_1.pth'
     assert ckpt.is_file()
     metrics_out, dump = work_dir / 'test_metrics.json', work_dir / 'dets.pkl'
-    segm = 'segm' in str(Config.fromfile(str(config)).test_evaluator)
+    evaluator = Config.fromfile(str(config)).test_evaluator
+    segm = 'segm' in str(evaluator)
+    lvis = evaluator.type == 'CappedLVISMetric'
     _run([sys.executable, 'tools/test.py', config, ckpt, '--work-dir', work_dir / 'test',
           '--metrics-out', metrics_out, *(['--out', dump] if segm else []), *options],
          timeout=300)
@@ -231,6 +263,9 @@ def _train_and_test(config: Path, synthetic_root: Path, coco_root: Path,
     # evaluator): the tool loaded these weights and evaluated this config; mask configs
     # evaluate segm as well, and their --out dump holds COCO RLE masks
     keys = COCO_KEYS + (SEGM_KEYS if segm else ())
+    if lvis:
+        keys = LVIS_KEYS + (tuple(k.replace('bbox', 'segm') for k in LVIS_KEYS) if segm else ())
+        assert metrics['lvis/max_dets'] == 1000  # the official cap
     if segm:
         with open(dump, 'rb') as f:
             dets = [r['pred_instances'] for r in pickle.load(f)]
@@ -262,7 +297,9 @@ def test_every_config_is_in_the_matrix():
 def test_config_trains_and_evaluates(config, synthetic_root, coco_root, tmp_path, full_run):
     losses, _ = _train_and_test(config, synthetic_root, coco_root, tmp_path / 'run', full_run)
     variant = 'no_pos_coord' if 'no_pos_coord' in config.stem else re.split(
-        '_r50|_swin|_synthetic', config.stem)[0]
+        '_r50|_swin|_vit|_synthetic', config.stem)[0]
+    if config.stem.endswith('_instance'):  # Co-DINO-Inst: the detector-level mask branch
+        variant += '_instance'
     _check_losses(losses, variant)
 
 

@@ -70,7 +70,7 @@ def val_metrics(work_dir: Path, run: int = -1, keys=COCO_KEYS) -> dict[str, floa
     indexes the runs, oldest first: a resume adds one)."""
     scalars = sorted(work_dir.glob('*/vis_data/scalars.json'))[run]
     records = [json.loads(line) for line in scalars.read_text().splitlines()]
-    vals = [r for r in records if 'coco/bbox_mAP' in r]
+    vals = [r for r in records if keys[0] in r]
     assert vals, f'no validation record in {work_dir}'
     return {k: vals[-1][k] for k in keys}
 
@@ -289,17 +289,25 @@ def test_infer_upscales_draws_ground_truth_and_contact_sheet(trained: Path, data
 
 
 def test_infer_ground_truth_reader(tmp_path: Path) -> None:
-    """xywh -> xyxy, labels through category names, crowd skipped, clear errors."""
-    from tools.infer import load_ground_truth
-    coco = dict(images=[dict(id=7, file_name='sub/a.png'), dict(id=8, file_name='b.png')],
+    """xywh -> xyxy, labels through category names, crowd skipped, masks drawn from the
+    segmentations, clear errors."""
+    from tools.infer import _decode_segmentations, load_ground_truth
+    polygon = [[1, 2, 11, 2, 11, 22, 1, 22]]
+    coco = dict(images=[dict(id=7, file_name='sub/a.png', height=30, width=40),
+                        dict(id=8, file_name='b.png')],
                 categories=[dict(id=3, name='star'), dict(id=9, name='ring')],
-                annotations=[dict(id=1, image_id=7, category_id=9, bbox=[1, 2, 10, 20]),
+                annotations=[dict(id=1, image_id=7, category_id=9, bbox=[1, 2, 10, 20],
+                                  segmentation=polygon),
                              dict(id=2, image_id=7, category_id=3, bbox=[0, 0, 5, 5],
                                   iscrowd=1)])
     ann = tmp_path / 'ann.json'
     ann.write_text(json.dumps(coco))
     gt = load_ground_truth(ann, ('ring', 'star'))
-    assert gt == {'a.png': ([[1, 2, 11, 22]], [0]), 'b.png': ([], [])}
+    assert gt == {'a.png': ([[1, 2, 11, 22]], [0], [(polygon, 30, 40)]),
+                  'b.png': ([], [], [])}
+    masks = _decode_segmentations(gt['a.png'][2], (30, 40), scale=2.0)
+    assert masks.shape == (1, 60, 80) and masks[0, 4:44, 2:22].mean() > 0.9
+    assert masks.sum() == pytest.approx(masks[0, 4:46, 2:24].sum())  # nothing outside
     with pytest.raises(ValueError, match="category 'star' .* not one of the model"):
         load_ground_truth(ann, ('ring',))
     coco['annotations'][0]['category_id'] = 4

@@ -13,6 +13,10 @@ Examples::
     # the exported model in ONNX Runtime (or OpenVINO) against PyTorch predict, alternately
     python tools/analysis_tools/benchmark.py configs/co_deformable_detr_r50_1x_coco.py \
         --backend openvino --precision bf16 --shape 800 1333 --threads 2 --repeat 5
+    # Co-DINO-Inst: the mask branch's share of predict and its peak memory at 100, 300 and
+    # 1000 detections (chunks of 150), alternately with the query head
+    python tools/analysis_tools/benchmark.py configs/co_dino_5scale_r50_1x_coco_instance.py \
+        --mask-dets 100 300 1000 --shape 800 1333 --threads 2 --repeat 3
     # PyTorch CPU predict with optimize_for_cpu_inference against the model as loaded,
     # alternately, with the operator profile of both
     python tools/analysis_tools/benchmark.py configs/co_deformable_detr_r50_1x_coco.py \
@@ -77,6 +81,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                              'PyTorch variant')
     parser.add_argument('--profile-rows', type=int, default=12,
                         help='with --profile: number of operators listed')
+    parser.add_argument('--mask-dets', type=int, nargs='+', metavar='N',
+                        help='a config with a detector-level mask branch: time the query '
+                             'head (backbone to soft-NMS) and the mask branch on N '
+                             'detections, alternately, and measure the mask branch\'s peak '
+                             'memory (CPU: resident-set high-water mark over the call)')
     parser.add_argument('--json', help='write the results here')
     return parser.parse_args(argv)
 
@@ -215,6 +224,127 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _rss_mb(field: str = 'VmRSS') -> float:
+    """This process's resident set (``VmRSS``) or its high-water mark (``VmHWM``), MB."""
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f'{field} not in /proc/self/status')
+
+
+def peak_memory_of(call: Callable[[], object]) -> float:
+    """Peak memory (MB) that ``call`` adds on top of what is allocated before it.
+
+    CPU: freed heap is returned to the system (``malloc_trim``), the resident-set
+    high-water mark is reset (``/proc/self/clear_refs``) and read after the call. CUDA:
+    ``torch.cuda.max_memory_allocated`` over the call.
+    """
+    if torch.cuda.is_available() and torch.cuda.memory_allocated() > 0:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        call()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    import ctypes
+    import gc
+    gc.collect()
+    ctypes.CDLL('libc.so.6').malloc_trim(0)
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+    before = _rss_mb()
+    call()
+    return _rss_mb('VmHWM') - before
+
+
+def synthetic_detections(num: int, shape: List[int], num_classes: int, device: str,
+                         seed: int = 0):
+    """``num`` detections of random boxes (sides 2-50 % of the image), labels and scores."""
+    from mmengine.structures import InstanceData
+    g = torch.Generator().manual_seed(seed)
+    h, w = shape
+    size = torch.rand(num, 2, generator=g) * 0.48 + 0.02
+    wh = size * torch.tensor([w, h])
+    xy = torch.rand(num, 2, generator=g) * (torch.tensor([w, h]) - wh)
+    return InstanceData(bboxes=torch.cat([xy, xy + wh], 1).to(device),
+                        labels=torch.randint(0, num_classes, (num, ), generator=g).to(device),
+                        scores=torch.rand(num, generator=g).sort(descending=True)[0].to(device))
+
+
+def mask_branch_cost(model: torch.nn.Module, args: argparse.Namespace) -> Dict:
+    """Latency share and peak memory of the detector-level mask branch (``--mask-dets``).
+
+    The query head (backbone, encoder, decoder, soft-NMS) runs on a random image; the mask
+    branch then runs on ``N`` synthetic detections of that image for each ``N`` (the count is
+    exact; a trained model's soft-NMS output would vary), alternately with the query head.
+    Reports, per ``N``: the mask branch's median time and its share of the whole predict,
+    its peak memory, the size of its output (bool masks at the image size, which grows with
+    ``N`` whatever the chunking) and the rest (the working memory, which chunking keeps
+    flat), the number of chunks and how often the semantic branch ran.
+    """
+    if getattr(model, 'mask_head', None) is None:
+        raise SystemExit(f'--mask-dets: {args.config} has no detector-level mask_head')
+    model.eval()
+    inputs, samples = make_batch(model, args)
+    num_classes = model.query_head.num_classes
+    calls = {'semantic': 0}
+    semantic = model.mask_head.forward_semantic
+
+    def counted(feat):
+        calls['semantic'] += 1
+        return semantic(feat)
+    model.mask_head.forward_semantic = counted
+
+    def query_head():
+        return model.query_head.predict(model.extract_feat(inputs), samples, rescale=True,
+                                        return_maps=True)
+
+    with torch.no_grad():
+        _, maps = query_head()
+
+        def mask_step(num):
+            dets = synthetic_detections(num, args.shape, num_classes, args.device)
+            return lambda: model.predict_masks(maps, [dets], samples, rescale=True)
+
+        steps = {'query head': query_head}
+        steps.update({num: mask_step(num) for num in args.mask_dets})
+        for step in steps.values():
+            for _ in range(args.warmup):
+                step()
+        times = {name: [] for name in steps}
+        for _ in range(args.repeat):  # alternately
+            for name, step in steps.items():
+                times[name].append(timed(step, args.device))
+        chunk = model.mask_test_cfg.get('mask_chunk_size', 150)
+        h, w = args.shape
+        query_s = statistics.median(times['query head'])
+        rows = []
+        for num in args.mask_dets:
+            calls['semantic'] = 0
+            peak = peak_memory_of(mask_step(num))
+            mask_s = statistics.median(times[num])
+            output_mb = num * h * w / 2**20  # bool masks
+            rows.append(dict(detections=num, mask_branch_s=mask_s,
+                             share_of_predict=mask_s / (mask_s + query_s),
+                             peak_memory_mb=peak, output_masks_mb=output_mb,
+                             working_memory_mb=peak - output_mb,
+                             chunks=-(-num // chunk), semantic_branch_calls=calls['semantic']))
+    model.mask_head.forward_semantic = semantic
+    print(f'mask branch of {Path(args.config).stem} on {args.device}, '
+          f'{h}x{w}, {torch.get_num_threads()} threads; query head (backbone to soft-NMS): '
+          f'median {query_s:.2f} s')
+    print(f'  {"dets":>5} {"mask s":>7} {"share":>6} {"peak MB":>8} {"output MB":>9} '
+          f'{"working MB":>10} {"chunks":>6} {"semantic":>8}')
+    for r in rows:
+        print(f'  {r["detections"]:5d} {r["mask_branch_s"]:7.2f} {r["share_of_predict"]:6.1%} '
+              f'{r["peak_memory_mb"]:8.0f} {r["output_masks_mb"]:9.0f} '
+              f'{r["working_memory_mb"]:10.0f} {r["chunks"]:6d} '
+              f'{r["semantic_branch_calls"]:8d}')
+    return dict(config=args.config, shape=list(args.shape), device=args.device,
+                threads=torch.get_num_threads(), query_head_s=query_s, mask_branch=rows)
+
+
 def count_flops(model: torch.nn.Module, args: argparse.Namespace) -> Dict[str, str]:
     """FLOPs / params of the inference path via mmengine's counter (needs _forward)."""
     from mmengine.analysis import get_model_complexity_info
@@ -233,6 +363,12 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('--device cuda: CUDA is not available on this machine')
     model = build(args.config, args.checkpoint, args.device)
+    if args.mask_dets:
+        result = mask_branch_cost(model, args)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return result
     if args.flops:
         result = dict(config=args.config, **count_flops(model, args))
         print(json.dumps(result, indent=2))

@@ -53,6 +53,13 @@ CO_DINO_CONFIG = REPO_ROOT / 'configs' / 'co_dino_5scale_r50_1x_coco.py'
 DINO_BASELINE_CONFIG = REPO_ROOT / 'configs' / 'dino_5scale_r50_1x_coco.py'
 CO_DINO_SWIN_L_CONFIG = REPO_ROOT / 'configs' / 'co_dino_5scale_swin_l_1x_coco.py'
 MASK_CONFIG = REPO_ROOT / 'configs' / 'co_deformable_detr_mask_r50_1x_coco.py'
+CO_DINO_INST_CONFIG = REPO_ROOT / 'configs' / 'co_dino_5scale_r50_1x_coco_instance.py'
+VIT_CONFIGS = {  # (LVIS, with the mask branch) -> the ViT-L config
+    (False, False): REPO_ROOT / 'configs' / 'co_dino_5scale_vit_large_coco.py',
+    (False, True): REPO_ROOT / 'configs' / 'co_dino_5scale_vit_large_coco_instance.py',
+    (True, False): REPO_ROOT / 'configs' / 'co_dino_5scale_vit_large_lvis.py',
+    (True, True): REPO_ROOT / 'configs' / 'co_dino_5scale_vit_large_lvis_instance.py',
+}
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -74,7 +81,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         f'{BASELINE_CONFIG.relative_to(REPO_ROOT)}) for Co-Deformable-DETR, '
         f'{CO_DINO_CONFIG.relative_to(REPO_ROOT)} (--inference-only: '
         f'{DINO_BASELINE_CONFIG.relative_to(REPO_ROOT)}) or, with a Swin backbone, '
-        f'{CO_DINO_SWIN_L_CONFIG.relative_to(REPO_ROOT)} for Co-DINO')
+        f'{CO_DINO_SWIN_L_CONFIG.relative_to(REPO_ROOT)} for Co-DINO; with mask keys '
+        f'{CO_DINO_INST_CONFIG.relative_to(REPO_ROOT)}; for ViT-L the COCO / LVIS (1203 '
+        'classes) detection or instance config (configs/co_dino_5scale_vit_large_*.py); '
+        'Objects365 files need the config of their use')
+    parser.add_argument(
+        '--num-classes', type=int, default=None,
+        help='check against the model of --config with this many classes in every head '
+        '(model.num_classes), e.g. 365 for an Objects365 detector to be fine-tuned with '
+        'load_from (whose class layers then stay at their initialisation). Default: the '
+        "config's; for an official ViT-L file of another class count than COCO (80) or LVIS "
+        '(1203), that count')
     parser.add_argument(
         '--trust-checkpoint', action='store_true',
         help='load SRC with torch.load(weights_only=False). Unpickling can execute code '
@@ -84,12 +101,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def model_spec(config: Path, strip_aux: bool = False) -> Dict[str, TensorSpec]:
+def model_spec(config: Path, strip_aux: bool = False,
+               num_classes: Optional[int] = None) -> Dict[str, TensorSpec]:
     """Shapes and dtypes of the state dict of the model built from ``config``.
 
     The model is built on the meta device (no memory, no initialisation, no pretrained
     download); a model that cannot be built there is built on the CPU. ``strip_aux``
-    removes the auxiliary heads first (the aux-free baseline of the config's model).
+    removes the auxiliary heads first (the aux-free baseline of the config's model);
+    ``num_classes`` sets ``model.num_classes`` (every head).
     """
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
@@ -100,6 +119,8 @@ def model_spec(config: Path, strip_aux: bool = False) -> Dict[str, TensorSpec]:
 
     cfg = Config.fromfile(str(config))
     cfg.model.backbone.init_cfg = None
+    if num_classes is not None:
+        cfg.model.num_classes = num_classes
     if strip_aux and cfg.model.get('type') == 'CoDETR':
         cfg.model.update(rpn_head=None, roi_head=None, bbox_head=None)
         cfg.model.query_head.num_co_heads = 0
@@ -114,8 +135,13 @@ def model_spec(config: Path, strip_aux: bool = False) -> Dict[str, TensorSpec]:
     return expected_spec(model)
 
 
-def default_config(layout: str, keys: Sequence[str], inference_only: bool) -> Path:
-    """The config a checkpoint of ``layout`` is checked against without ``--config``."""
+def default_config(layout: str, keys: Sequence[str], inference_only: bool,
+                   num_classes: Optional[int] = None) -> Path:
+    """The config a checkpoint of ``layout`` is checked against without ``--config``
+    (``num_classes``: the query head's, 1203 for LVIS)."""
+    if layout == 'co_dino_vit':  # Objects365 files (365 classes) need --config
+        has_mask = any(k.startswith('mask_head.') for k in keys)
+        return VIT_CONFIGS[(num_classes == 1203, has_mask)]
     if layout == 'co_deformable_detr':
         if inference_only:
             return BASELINE_CONFIG
@@ -124,6 +150,8 @@ def default_config(layout: str, keys: Sequence[str], inference_only: bool) -> Pa
     if any(k.split('.', 2)[1] in ('patch_embed', 'stages', 'layers')
            for k in keys if k.startswith('backbone.')):
         return CO_DINO_SWIN_L_CONFIG  # aux heads stripped with --inference-only
+    if any(k.startswith('mask_head.') for k in keys):  # Co-DINO-Inst (detector-level masks)
+        return CO_DINO_INST_CONFIG
     return DINO_BASELINE_CONFIG if inference_only else CO_DINO_CONFIG
 
 
@@ -138,10 +166,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     layout = detect_layout(state)
     rules, source = LAYOUTS[layout]
     print(f'loaded {len(state)} tensors from {args.src}: {source} layout')
+    cls = state.get('query_head.cls_branches.0.weight')
+    found_classes = None if cls is None else int(cls.shape[0])
     config = Path(args.config) if args.config else default_config(
-        layout, list(state), args.inference_only)
+        layout, list(state), args.inference_only, found_classes)
+    num_classes = args.num_classes
+    if num_classes is None and not args.config and layout == 'co_dino_vit' \
+            and found_classes not in (80, 1203):
+        num_classes = found_classes  # e.g. the Objects365 detector (365)
     try:
-        result = convert_state_dict(state, model_spec(config, args.inference_only),
+        result = convert_state_dict(state, model_spec(config, args.inference_only, num_classes),
                                     args.inference_only, rules)
     except ConversionError as err:
         print(f'error: {args.src} does not convert to the model of {config}: {err}',

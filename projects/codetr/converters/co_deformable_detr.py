@@ -36,6 +36,11 @@ PLACEHOLDERS: Dict[str, str] = {
     'k': r'\d+',  # auxiliary-head index
     's': r'\d+',  # ResNet stage number
     'w': r'weight|bias',
+    'name': r'[A-Za-z0-9_]+',  # a flattened parameter path (EMA buffers)
+    'vit_attn': r'q_bias|v_bias|q_proj\.weight|k_proj\.weight|v_proj\.weight|proj\.weight|'
+                r'proj\.bias',
+    'vit_mlp': r'(?:w1|w2|w3|ffn_ln)\.(?:weight|bias)',
+    'rope': r'(?:blocks\.\d+\.attn\.)?rope(?:_win|_glb)?\.freqs_(?:cos|sin)',
     'bn': r'weight|bias|running_mean|running_var|num_batches_tracked',
     'msda': r'sampling_offsets|attention_weights|value_proj|output_proj',
     'swin_attn': (r'qkv\.(?:weight|bias)|proj\.(?:weight|bias)|relative_position_bias_table|'
@@ -134,6 +139,8 @@ AUX_HEAD_RULES: Tuple[KeyRule, ...] = (
     _same('roi_head.{k}.bbox_head.fc_cls.{w}', _ROI, True),
     _same('roi_head.{k}.bbox_head.fc_reg.{w}', _ROI, True),
     _same('roi_head.{k}.bbox_head.shared_fcs.{i}.{w}', _ROI, True),
+    _same('roi_head.{k}.bbox_head.shared_convs.{i}.conv.weight', _ROI, True),  # ConvFC (ViT-L)
+    _same('roi_head.{k}.bbox_head.shared_convs.{i}.gn.{w}', _ROI, True),
     # Co-Deformable-DETR's mask variant: Mask R-CNN's FCNMaskHead in the RoI head
     _same('roi_head.{k}.mask_head.convs.{i}.conv.{w}', _ROI_MASK, True),
     _same('roi_head.{k}.mask_head.upsample.{w}', _ROI_MASK, True),

@@ -1,5 +1,5 @@
 from .hooks import AtomicCheckpointHook, CheckpointMatchHook, RandomStateHook
-from .optimizers import FiniteCheckOptimWrapper
+from .optimizers import FiniteCheckOptimWrapper, ViTLayerDecayOptimizerConstructor
 
 __all__ = ['AtomicCheckpointHook', 'CheckpointMatchHook', 'RandomStateHook',
-           'FiniteCheckOptimWrapper']
+           'FiniteCheckOptimWrapper', 'ViTLayerDecayOptimizerConstructor']

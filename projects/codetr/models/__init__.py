@@ -1,3 +1,4 @@
+from .backbones import ViT
 from .dense_heads import CoATSSHead, CoDeformDETRHead, CoDINOHead
 from .detectors import CoDETR
 from .layers import (
@@ -8,15 +9,18 @@ from .layers import (
                      CoDeformableDetrTransformerEncoder,
                      CoDeformableDetrTransformerEncoderLayer,
                      CoDinoTransformerDecoder,
+                     LN2d,
                      build_aux_query_targets,
 )
 from .losses import BARLoss, generate_block_target
-from .roi_heads import CoStandardRoIHead
+from .necks import SFP
+from .roi_heads import CoMaskIoUHead, CoStandardRoIHead, SimpleRefineMaskHead
 
 __all__ = [
     'CoATSSHead', 'CoDeformDETRHead', 'CoDINOHead', 'CoDETR', 'AuxPositives', 'AuxQueryTargets',
     'build_aux_query_targets', 'CoDeformableDetrTransformerDecoder',
     'CoDeformableDetrTransformerDecoderLayer', 'CoDeformableDetrTransformerEncoder',
     'CoDeformableDetrTransformerEncoderLayer', 'CoDinoTransformerDecoder', 'CoStandardRoIHead',
-    'BARLoss', 'generate_block_target'
+    'BARLoss', 'generate_block_target', 'LN2d', 'CoMaskIoUHead', 'SimpleRefineMaskHead', 'ViT',
+    'SFP'
 ]

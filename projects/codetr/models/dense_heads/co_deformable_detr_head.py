@@ -11,7 +11,7 @@ from mmdet.models.losses import QualityFocalLoss
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_overlaps
-from mmdet.utils import ConfigType, InstanceList, reduce_mean
+from mmdet.utils import ConfigType, reduce_mean
 from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
@@ -297,8 +297,8 @@ class CoDeformDETRHead(DeformableDETRHead):
         return self.encoder_maps(memory, mlvl_feats)
 
     def loss(self, mlvl_feats: Sequence[Tensor], batch_data_samples: SampleList,
-             return_maps: bool = True
-             ) -> Tuple[Dict[str, Tensor], Optional[List[Tensor]]]:
+             return_maps: bool = True, return_proposals: bool = False,
+             proposals_with_dn: bool = True) -> Tuple:
         """Hungarian losses of the main branch plus the encoder maps.
 
         Args:
@@ -306,9 +306,13 @@ class CoDeformDETRHead(DeformableDETRHead):
             batch_data_samples (list[DetDataSample]): With ``gt_instances``.
             return_maps (bool): Build the 5 encoder maps (skipped when no
                 auxiliary head needs them). Defaults to True.
+            return_proposals (bool): Also return :meth:`training_proposals` (the
+                detector-level mask branch trains on them). Defaults to False.
+            proposals_with_dn (bool): Unused here (no denoising queries).
 
         Returns:
-            tuple: Loss dict and the 5 encoder maps (or None).
+            tuple: Loss dict and the 5 encoder maps (or None), plus the proposals
+            when ``return_proposals``.
         """
         out = self.forward_transformer(mlvl_feats, batch_data_samples)
         batch_gt_instances = [s.gt_instances for s in batch_data_samples]
@@ -318,15 +322,53 @@ class CoDeformDETRHead(DeformableDETRHead):
                                    out['enc_outputs_coord'], batch_gt_instances,
                                    batch_img_metas)
         maps = self.encoder_maps(out['memory'], mlvl_feats) if return_maps else None
-        return losses, maps
+        if not return_proposals:
+            return losses, maps
+        return losses, maps, self.training_proposals(all_cls[-1], all_coords[-1],
+                                                     batch_img_metas)
+
+    @torch.no_grad()
+    def training_proposals(self, cls_scores: Tensor, bbox_preds: Tensor,
+                           batch_img_metas: List[dict]) -> List[Tensor]:
+        """Boxes of the last decoder layer for the mask branch's training (official rule).
+
+        Per image: the top ``test_cfg.max_per_img`` (query, class) pairs by sigmoid score
+        (a query can appear once per class), scores above ``test_cfg.score_thr`` (default
+        0), boxes in input pixels clamped to ``img_shape``; no NMS, labels dropped.
+
+        Args:
+            cls_scores (Tensor): (bs, nq, num_classes) logits.
+            bbox_preds (Tensor): (bs, nq, 4) normalised cxcywh.
+            batch_img_metas (list[dict]): With ``img_shape``.
+
+        Returns:
+            list[Tensor]: Per image (k, 5) = (x1, y1, x2, y2, score), detached.
+        """
+        max_per_img = self.test_cfg.get('max_per_img', self.num_query)
+        score_thr = self.test_cfg.get('score_thr', 0)
+        proposals = []
+        for cls_score, bbox_pred, meta in zip(cls_scores, bbox_preds, batch_img_metas):
+            scores, indexes = cls_score.sigmoid().flatten().topk(
+                min(max_per_img, cls_score.numel()))
+            boxes = bbox_cxcywh_to_xyxy(bbox_pred[indexes // self.num_classes])
+            img_h, img_w = meta['img_shape'][:2]
+            boxes = boxes * boxes.new_tensor([img_w, img_h, img_w, img_h])
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=img_w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=img_h)
+            keep = scores > score_thr
+            proposals.append(torch.cat([boxes, scores[:, None]], dim=1)[keep])
+        return proposals
 
     def predict(self, mlvl_feats: Sequence[Tensor], batch_data_samples: SampleList,
-                rescale: bool = True) -> InstanceList:
-        """Top-100 detections of the last decoder layer (no NMS)."""
+                rescale: bool = True, return_maps: bool = False):
+        """Detections of the last decoder layer (plus the encoder maps when asked)."""
         out = self.forward_transformer(mlvl_feats, batch_data_samples)
         all_cls, all_coords = self(out['hidden_states'], out['references'])
         batch_img_metas = [s.metainfo for s in batch_data_samples]
-        return self.predict_by_feat(all_cls, all_coords, batch_img_metas, rescale=rescale)
+        results = self.predict_by_feat(all_cls, all_coords, batch_img_metas, rescale=rescale)
+        if not return_maps:
+            return results
+        return results, self.encoder_maps(out['memory'], mlvl_feats)
 
     def _predict_by_feat_single(self, cls_score: Tensor, bbox_pred: Tensor, img_meta: dict,
                                 rescale: bool = True) -> InstanceData:

@@ -220,18 +220,24 @@ class CoDINOHead(CoDeformDETRHead, DINOHead):
                     **head_inputs)
 
     def loss(self, mlvl_feats: Sequence[Tensor], batch_data_samples: SampleList,
-             return_maps: bool = True
-             ) -> Tuple[Dict[str, Tensor], Optional[List[Tensor]]]:
+             return_maps: bool = True, return_proposals: bool = False,
+             proposals_with_dn: bool = True) -> Tuple:
         """Matching, encoder and denoising losses plus the encoder maps.
 
         Args:
             mlvl_feats (Sequence[Tensor]): Neck outputs, each (bs, c, h, w).
             batch_data_samples (list[DetDataSample]): With ``gt_instances``.
             return_maps (bool): Build the encoder maps of the aux heads.
+            return_proposals (bool): Also return the mask branch's training
+                proposals (:meth:`training_proposals`). Defaults to False.
+            proposals_with_dn (bool): The proposals include the denoising queries,
+                as the official code's do (their boxes are reconstructions of noised
+                GT boxes). False keeps only the matching queries. Defaults to True.
 
         Returns:
             tuple: Loss dict (``loss_*``, ``d{l}.loss_*``, ``enc_loss_*``,
-            ``dn_loss_*``, ``d{l}.dn_loss_*``) and the maps (or None).
+            ``dn_loss_*``, ``d{l}.dn_loss_*``) and the maps (or None), plus the
+            proposals when ``return_proposals``.
         """
         out = self.forward_transformer(mlvl_feats, batch_data_samples,
                                        denoise=self.dn_query_generator is not None)
@@ -247,7 +253,12 @@ class CoDINOHead(CoDeformDETRHead, DINOHead):
         if out['dn_meta'] is None:
             losses = {k: v for k, v in losses.items() if 'dn_loss' not in k}
         maps = self.encoder_maps(out['memory'], mlvl_feats) if return_maps else None
-        return losses, maps
+        if not return_proposals:
+            return losses, maps
+        first = 0 if proposals_with_dn else dn_meta['num_denoising_queries']
+        proposals = self.training_proposals(all_cls[-1][:, first:], all_coords[-1][:, first:],
+                                            batch_img_metas)
+        return losses, maps, proposals
 
     def _predict_by_feat_single(self, cls_score: Tensor, bbox_pred: Tensor, img_meta: dict,
                                 rescale: bool = True) -> InstanceData:

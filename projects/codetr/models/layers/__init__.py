@@ -6,10 +6,11 @@ from .co_transformer import (
                              CoDeformableDetrTransformerEncoderLayer,
     CoDinoTransformerDecoder,
 )
+from .norm import LN2d
 
 __all__ = [
     'AuxPositives', 'AuxQueryTargets', 'build_aux_query_targets',
     'CoDeformableDetrTransformerDecoder', 'CoDeformableDetrTransformerDecoderLayer',
     'CoDeformableDetrTransformerEncoder', 'CoDeformableDetrTransformerEncoderLayer',
-    'CoDinoTransformerDecoder'
+    'CoDinoTransformerDecoder', 'LN2d'
 ]

@@ -52,23 +52,27 @@ def _band(mask: Tensor, width: int) -> Tensor:
     return (generate_block_target(mask, width) == 1).to(torch.float32)
 
 
-@MODELS.register_module()
+@MODELS.register_module(name=['BARLoss', 'BARCrossEntropyLoss'])
 class BARLoss(nn.Module):
-    """Sum over stages of ``stage_lcf[s]`` x BCE; stages after ``start_stage`` on the band.
+    """Sum over stages of ``stage_instance_loss_weight[s]`` x BCE; the stages after
+    ``start_stage`` only on the boundary band.
+
+    Also registered as ``BARCrossEntropyLoss``, the official name, with the official
+    argument names, so that the official ``loss_cfg`` carries over.
 
     Args:
-        stage_lcf (Sequence[float]): Weight of each stage. Defaults to the official
-            (0.5, 0.75, 0.75, 1.0).
+        stage_instance_loss_weight (Sequence[float]): Weight of each stage. Defaults to the
+            official (0.5, 0.75, 0.75, 1.0).
         boundary_width (int): Half width of the supervised band. Defaults to 2.
         start_stage (int): Last stage supervised on every pixel. Defaults to 1.
         loss_weight (float): Factor of the total. Defaults to 1.0.
     """
 
-    def __init__(self, stage_lcf: Sequence[float] = (0.5, 0.75, 0.75, 1.0),
+    def __init__(self, stage_instance_loss_weight: Sequence[float] = (0.5, 0.75, 0.75, 1.0),
                  boundary_width: int = 2, start_stage: int = 1,
                  loss_weight: float = 1.0) -> None:
         super().__init__()
-        self.stage_lcf = tuple(stage_lcf)
+        self.stage_instance_loss_weight = tuple(stage_instance_loss_weight)
         self.boundary_width = boundary_width
         self.start_stage = start_stage
         self.loss_weight = loss_weight
@@ -83,9 +87,10 @@ class BARLoss(nn.Module):
         Returns:
             Tensor: Scalar loss (``loss_weight`` applied).
         """
-        if len(stage_preds) != len(self.stage_lcf):
-            raise ValueError(f'BARLoss: {len(stage_preds)} stages, but stage_lcf has '
-                             f'{len(self.stage_lcf)} weights')
+        if len(stage_preds) != len(self.stage_instance_loss_weight):
+            raise ValueError(f'BARLoss: {len(stage_preds)} stages, but '
+                             f'stage_instance_loss_weight has '
+                             f'{len(self.stage_instance_loss_weight)} weights')
         if stage_preds[0].shape[0] == 0:  # no positive RoI: zero, still in the graph
             return sum(p.sum() for p in stage_preds) * 0.0
         total = stage_preds[0].new_zeros(())
@@ -108,7 +113,7 @@ class BARLoss(nn.Module):
                 # replaced by this stage's inside the previous prediction's width-1 band
                 inside = _resize(_band(prev_pred, 1), size) >= 0.5
                 refined = torch.where(inside, logits, _resize(prev_logits, size))
-            total = total + self.stage_lcf[s] * loss
+            total = total + self.stage_instance_loss_weight[s] * loss
             prev_logits = refined if s > self.start_stage else logits
             prev_pred = (refined.sigmoid() >= 0.5).to(logits.dtype)
         return self.loss_weight * total

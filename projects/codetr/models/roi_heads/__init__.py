@@ -1,3 +1,11 @@
 from .co_roi_head import CoStandardRoIHead
+from .mask_heads import (
+    CoMaskIoUHead,
+    MultiBranchFusion,
+    MultiBranchFusionAvg,
+    SimpleRefineMaskHead,
+    SimpleSFMStage,
+)
 
-__all__ = ['CoStandardRoIHead']
+__all__ = ['CoStandardRoIHead', 'CoMaskIoUHead', 'MultiBranchFusion', 'MultiBranchFusionAvg',
+           'SimpleRefineMaskHead', 'SimpleSFMStage']

@@ -1,0 +1,3 @@
+from .sfp import SFP
+
+__all__ = ['SFP']
