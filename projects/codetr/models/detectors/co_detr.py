@@ -430,7 +430,8 @@ class CoDETR(CheckpointFitMixin, BaseDetector):
             if rescale:  # the RoIs are in input pixels
                 input_boxes = boxes * boxes.new_tensor(sample.scale_factor[:2]).repeat(2)
             rois = torch.cat([boxes.new_full((len(boxes), 1), i), input_boxes], dim=1)
-            masks = [boxes.new_zeros((0, img_h, img_w), dtype=torch.bool)]
+            # pasted chunk by chunk into one tensor: the output is the only full-size memory
+            masks = boxes.new_zeros((len(boxes), img_h, img_w), dtype=torch.bool)
             mask_scores = [boxes.new_zeros(0)]
             for start in range(0, len(boxes), chunk_size):
                 part = slice(start, start + chunk_size)
@@ -441,9 +442,9 @@ class CoDETR(CheckpointFitMixin, BaseDetector):
                     mask_scores.append(self.mask_iou_head.mask_scores(
                         iou, labels[part], results.scores[part]))
                 logits = self.mask_head.refine(stage_preds)  # (n, 1, 112, 112)
-                masks.append(self.mask_head.paste_masks(logits, boxes[part], img_h, img_w,
-                                                        threshold))
-            results.masks = torch.cat(masks)
+                self.mask_head.paste_masks(logits, boxes[part], img_h, img_w, threshold,
+                                           out=masks[part])
+            results.masks = masks
             if self.mask_iou_head is not None:
                 results.mask_scores = torch.cat(mask_scores)
         return results_list

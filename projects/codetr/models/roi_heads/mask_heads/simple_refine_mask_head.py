@@ -11,7 +11,7 @@ transform per stage over the whole image) has its own entry point,
 :meth:`SimpleRefineMaskHead.forward_semantic`, so that inference runs it once per image
 and not once per chunk of RoIs; the values are the same.
 """
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -355,19 +355,24 @@ class SimpleRefineMaskHead(BaseModule):
 
     @staticmethod
     def paste_masks(mask_logits: Tensor, boxes: Tensor, img_h: int, img_w: int,
-                    threshold: float = 0.5) -> Tensor:
+                    threshold: float = 0.5, out: Optional[Tensor] = None) -> Tensor:
         """Paste (R, 1, S, S) logits into their boxes on an (img_h, img_w) canvas.
 
         mmdet's ``_do_paste_mask`` (``grid_sample``, pixel centres at +0.5): on CPU one RoI
         at a time over its box only, on GPU in chunks of at most 1 GiB of floats. A box wholly
         outside the canvas gives an empty mask.
 
+        Args:
+            out (Tensor, optional): A zeroed bool (R, img_h, img_w) tensor to paste into
+                (the caller's slice of all detections: no copy of the masks is made).
+
         Returns:
             Tensor: Bool masks (R, img_h, img_w).
         """
         num = len(mask_logits)
         device = mask_logits.device
-        masks = torch.zeros(num, img_h, img_w, dtype=torch.bool, device=device)
+        masks = out if out is not None else torch.zeros(num, img_h, img_w, dtype=torch.bool,
+                                                        device=device)
         if num == 0:
             return masks
         probs = mask_logits.sigmoid()
