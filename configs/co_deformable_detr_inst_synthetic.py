@@ -11,60 +11,33 @@
 #   4 per image keep `make demo` within 20 minutes (boxes alone: 0.7 s per iteration,
 #   with masks 1.25 s).
 # Trains boxes and masks; evaluates bbox and segm (segm score = box score x mask IoU).
-_base_ = './co_deformable_detr_synthetic.py'
+_base_ = ['./co_deformable_detr_synthetic.py', './_base_/co_dino_mask_branch.py']
 
 mask_channels = 32
+_channels = dict(conv_in_channels_instance=_base_.embed_dims,
+                 conv_in_channels_semantic=_base_.embed_dims,
+                 conv_out_channels_instance=mask_channels,
+                 conv_out_channels_semantic=mask_channels)
 model = dict(
-    mask_roi_extractor=dict(
-        type='SingleRoIExtractor',
-        roi_layer=dict(type='RoIAlign', output_size=14, sampling_ratio=0),
-        out_channels=_base_.embed_dims,
-        featmap_strides=[8, 16, 32, 64],
-        finest_scale=112),
-    mask_head=dict(
-        type='SimpleRefineMaskHead',
-        num_convs_instance=1,
-        num_convs_semantic=2,
-        conv_in_channels_instance=_base_.embed_dims,
-        conv_in_channels_semantic=_base_.embed_dims,
-        conv_out_channels_instance=mask_channels,
-        conv_out_channels_semantic=mask_channels,
-        norm_cfg=dict(type='LN2d'),
-        fusion_type='MultiBranchFusionAvg',
-        dilations=[1, 3, 5],
-        semantic_out_stride=8,
-        stage_num_classes=[_base_.num_classes] * 3 + [1],
-        stage_sup_size=[14, 28, 56, 112],
-        loss_weight=1.33 * _base_.aux_weight,
-        loss_cfg=dict(type='BARCrossEntropyLoss',
-                      stage_instance_loss_weight=[0.5, 0.75, 0.75, 1.0],
-                      boundary_width=2, start_stage=1)),
-    mask_iou_head=dict(
-        type='CoMaskIoUHead',
-        num_convs=2,
-        num_fcs=1,
-        roi_feat_size=14,
-        in_channels=_base_.embed_dims,
-        conv_out_channels=mask_channels,
-        fc_out_channels=256,
-        num_classes=_base_.num_classes,
-        score_use_sigmoid=True,
-        norm_cfg=dict(type='LN2d'),
-        loss_iou=dict(type='MSELoss', loss_weight=0.5 * _base_.aux_weight)),
+    mask_roi_extractor=dict(_base_.mask_roi_extractor, out_channels=_base_.embed_dims,
+                            featmap_strides=[8, 16, 32, 64], finest_scale=112),
+    mask_head=dict(_base_.mask_head, **_channels, semantic_out_stride=8,
+                   stage_num_classes=[_base_.num_classes] * 3 + [1],
+                   loss_weight=1.33 * _base_.aux_weight),
+    mask_iou_head=dict(_base_.mask_iou_head, in_channels=_base_.embed_dims,
+                       conv_out_channels=mask_channels, fc_out_channels=256,
+                       num_classes=_base_.num_classes,
+                       loss_iou=dict(type='MSELoss', loss_weight=0.5 * _base_.aux_weight)),
     train_cfg=[
         _base_.model.train_cfg[0],
-        dict(
-            assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.5,
-                          min_pos_iou=0.5, match_low_quality=False, ignore_iof_thr=-1),
-            sampler=dict(type='RandomSampler', num=16, pos_fraction=0.25, neg_pos_ub=-1,
-                          add_gt_as_proposals=True),
-            mask_thr_binary=0.5),
+        dict(_base_.mask_train_cfg,
+             sampler=dict(_base_.mask_train_cfg.sampler, num=16)),  # 4 positives per image
         _base_.model.train_cfg[1],
         _base_.model.train_cfg[2],
     ],
     test_cfg=[
         _base_.model.test_cfg[0],
-        dict(mask_thr_binary=0.5, mask_chunk_size=150),
+        _base_.mask_test_cfg,
         _base_.model.test_cfg[1],
         _base_.model.test_cfg[2],
     ])

@@ -28,16 +28,7 @@ model = dict(
         num_query=900,
         dn_cfg=dict(box_noise_scale=0.4, group_cfg=dict(num_dn_queries=300)),
         encoder=dict(with_cp=6)),
-    test_cfg=[
-        dict(max_per_img=1000, nms=dict(type='soft_nms', iou_threshold=0.8)),
-        dict(
-            rpn=dict(nms_pre=8000, max_per_img=2000, nms=dict(type='nms', iou_threshold=0.9),
-                     min_bbox_size=0),
-            rcnn=dict(score_thr=0.0, nms=dict(type='soft_nms', iou_threshold=0.5),
-                      max_per_img=1000)),
-        dict(nms_pre=1000, min_bbox_size=-1, score_thr=0.0,  # -1: as official (keep all)
-             nms=dict(type='soft_nms', iou_threshold=0.6), max_per_img=100),
-    ])
+    test_cfg=_base_.vit_l_test_cfg)
 
 load_pipeline = _base_.load_pipeline
 load_pipeline[2].scale = image_size  # RandomResize

@@ -85,7 +85,9 @@ def test_import_changes_no_third_party_global():
     for name in ('CoDETR', 'CoDeformDETRHead', 'CoATSSHead', 'CoStandardRoIHead',
                  'CoMultiScaleDeformableAttention', 'CheckedCocoDataset',
                  'CheckedCocoMetric', 'CheckedLoadImageFromFile', 'RandomStateHook',
-                 'AtomicCheckpointHook', 'FiniteCheckOptimWrapper'):
+                 'AtomicCheckpointHook', 'FiniteCheckOptimWrapper', 'SimpleRefineMaskHead',
+                 'CoMaskIoUHead', 'LN2d', 'ViT', 'SFP', 'CappedLVISMetric',
+                 'ViTLayerDecayOptimizerConstructor'):
         assert any(entry.endswith('.' + name) for entry in report['added']), name
     # the torchvision:// fallback is the only scheme touched, and only without torchvision
     try:

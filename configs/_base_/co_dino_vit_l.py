@@ -42,3 +42,17 @@ vit_l_optim_wrapper = dict(
     clip_grad=dict(max_norm=0.1, norm_type=2),
     constructor='ViTLayerDecayOptimizerConstructor',
     paramwise_cfg=dict(num_layers=24, layer_decay_rate=0.8))
+# The ViT-L configs' test lists (official): query head up to 1000 detections after soft-NMS
+# 0.8; RPN 8000 -> 2000 (NMS 0.9) and RoI soft-NMS 0.5 up to 1000; ATSS soft-NMS 0.6 up to
+# 100. min_bbox_size=-1 keeps ATSS boxes of zero width/height, as the official (mmdet 2.x)
+# dense heads; mmdet 3.x drops boxes with a side <= min_bbox_size when it is >= 0.
+vit_l_test_cfg = [
+    dict(max_per_img=1000, nms=dict(type='soft_nms', iou_threshold=0.8)),
+    dict(
+        rpn=dict(nms_pre=8000, max_per_img=2000, nms=dict(type='nms', iou_threshold=0.9),
+                 min_bbox_size=0),
+        rcnn=dict(score_thr=0.0, nms=dict(type='soft_nms', iou_threshold=0.5),
+                  max_per_img=1000)),
+    dict(nms_pre=1000, min_bbox_size=-1, score_thr=0.0,
+         nms=dict(type='soft_nms', iou_threshold=0.6), max_per_img=100),
+]

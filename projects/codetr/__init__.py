@@ -17,9 +17,15 @@ this package's own attention module (:class:`~.ops.CoMultiScaleDeformableAttenti
 from .converters import KEY_RULES, ConversionError, convert_state_dict, invert_state_dict
 from .datasets import CheckedCocoDataset, CheckedLoadImageFromFile
 from .deploy import CoDETRDeployModel, ONNXBackendDetector
-from .engine import AtomicCheckpointHook, FiniteCheckOptimWrapper, RandomStateHook
-from .evaluation import CheckedCocoMetric
+from .engine import (
+                     AtomicCheckpointHook,
+                     FiniteCheckOptimWrapper,
+                     RandomStateHook,
+                     ViTLayerDecayOptimizerConstructor,
+)
+from .evaluation import CappedLVISMetric, CheckedCocoMetric
 from .models import (
+                     SFP,
                      AuxPositives,
                      AuxQueryTargets,
                      CoATSSHead,
@@ -29,7 +35,11 @@ from .models import (
                      CoDETR,
                      CoDINOHead,
                      CoDinoTransformerDecoder,
+                     CoMaskIoUHead,
                      CoStandardRoIHead,
+                     LN2d,
+                     SimpleRefineMaskHead,
+                     ViT,
                      build_aux_query_targets,
 )
 from .ops import (
@@ -48,7 +58,8 @@ __all__ = [
     'invert_state_dict', 'register_checkpoint_safe_globals', 'multi_scale_deformable_attn_cpu',
     'use_fast_cpu_ms_deform_attn', 'AtomicCheckpointHook', 'CheckedCocoDataset',
     'CheckedCocoMetric', 'CheckedLoadImageFromFile', 'FiniteCheckOptimWrapper',
-    'RandomStateHook', 'CoDETRDeployModel', 'ONNXBackendDetector'
+    'RandomStateHook', 'CoDETRDeployModel', 'ONNXBackendDetector', 'CoMaskIoUHead', 'LN2d',
+    'SimpleRefineMaskHead', 'SFP', 'ViT', 'CappedLVISMetric', 'ViTLayerDecayOptimizerConstructor'
 ]
 
 register_torchvision_fallback()

@@ -4,7 +4,7 @@
 # grid 8x8), an SFP neck of 64 channels and the tiny Co-DINO heads of co_dino_tiny.py; the
 # ViT-L COCO config's test_cfg and layer-decay optimiser (AdamW 5e-5, weight decay 0.01,
 # decay 0.8 over the 4 blocks). 2,444,965 parameters (backbone 902,480, neck 530,240).
-_base_ = './co_dino_tiny.py'
+_base_ = ['./co_dino_tiny.py', '../../configs/_base_/co_dino_vit_l.py']
 
 model = dict(
     backbone=dict(
@@ -31,21 +31,7 @@ model = dict(
         num_outs=5,
         use_p2=True,
         use_act_checkpoint=False),
-    test_cfg=[
-        dict(max_per_img=1000, nms=dict(type='soft_nms', iou_threshold=0.8)),
-        dict(
-            rpn=dict(nms_pre=8000, max_per_img=2000, nms=dict(type='nms', iou_threshold=0.9),
-                     min_bbox_size=0),
-            rcnn=dict(score_thr=0.0, nms=dict(type='soft_nms', iou_threshold=0.5),
-                      max_per_img=1000)),
-        dict(nms_pre=1000, min_bbox_size=-1, score_thr=0.0,
-             nms=dict(type='soft_nms', iou_threshold=0.6), max_per_img=100),
-    ])
+    test_cfg=_base_.vit_l_test_cfg)
 
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=5e-5, weight_decay=0.01),
-    clip_grad=dict(max_norm=0.1, norm_type=2),
-    constructor='ViTLayerDecayOptimizerConstructor',
-    paramwise_cfg=dict(num_layers=4, layer_decay_rate=0.8))
+optim_wrapper = dict(_base_.vit_l_optim_wrapper,
+                     paramwise_cfg=dict(num_layers=4, layer_decay_rate=0.8))

@@ -2,8 +2,10 @@
 
 Each file under ``configs/`` (enumerated, so a new config is covered or fails here) and each
 switch of the README's "Switching auxiliary heads" table goes through ``tools/train.py`` for
-two iterations (with a validation) and ``tools/test.py`` to COCO box metrics, which must equal
-the training run's validation of the same checkpoint, on data generated here. The R50 / Swin-L
+two iterations with a validation (COCO box / mask or LVIS metrics), on data generated here; for
+one config of each evaluation path (``TEST_TOOL_CONFIGS``; every config with ``--full``)
+``tools/test.py`` then evaluates the checkpoint, and its metrics must equal the training run's
+validation. The R50 / Swin-L
 COCO configs keep their modules and pipelines; only sizes shrink through ``--cfg-options``
 (image scales in the pipeline lists; 100 queries, 20 denoising queries, 100 RPN proposals and
 64 RoI samples per image; Swin-L's third stage), the backbone starts without the ImageNet
@@ -55,6 +57,16 @@ model_wrapper_cfg = dict(type='MMDistributedDataParallel', find_unused_parameter
     'zero_padding': '''
 model = dict(query_head=dict(use_zero_padding=True))
 ''',
+}
+# tools/test.py (metrics equal to training's validation; the --out dump of mask configs) runs
+# for one config of each evaluation path: Co-Deformable-DETR (R50 and synthetic), its FCN-mask
+# variant, Co-DINO, Co-DINO-Inst (synthetic), the ViT path, LVIS with masks; all of them with
+# `make test-full` (pytest --full)
+TEST_TOOL_CONFIGS = {
+    'co_deformable_detr_r50_1x_coco', 'co_deformable_detr_synthetic',
+    'co_deformable_detr_mask_r50_1x_coco', 'co_dino_5scale_r50_1x_coco',
+    'co_deformable_detr_inst_synthetic', 'co_dino_5scale_vit_large_coco',
+    'co_dino_5scale_vit_large_lvis_instance',
 }
 # loss-key families each variant must (+) or must not (-) log
 EXPECTED_LOSSES = {
@@ -255,6 +267,13 @@ def _train_and_test(config: Path, synthetic_root: Path, coco_root: Path,
     evaluator = Config.fromfile(str(config)).test_evaluator
     segm = 'segm' in str(evaluator)
     lvis = evaluator.type == 'CappedLVISMetric'
+    keys = COCO_KEYS + (SEGM_KEYS if segm else ())
+    if lvis:
+        keys = LVIS_KEYS + (tuple(k.replace('bbox', 'segm') for k in LVIS_KEYS) if segm else ())
+    if Path(config).stem not in TEST_TOOL_CONFIGS and not full:
+        # evaluated by training's validation (checked above); tools/test.py runs for one
+        # config of each evaluation path (TEST_TOOL_CONFIGS) and for all with --full
+        return _logged_losses(work_dir), val_metrics(work_dir, keys=keys)
     _run([sys.executable, 'tools/test.py', config, ckpt, '--work-dir', work_dir / 'test',
           '--metrics-out', metrics_out, *(['--out', dump] if segm else []), *options],
          timeout=300)
@@ -262,9 +281,7 @@ def _train_and_test(config: Path, synthetic_root: Path, coco_root: Path,
     # tools/test.py reproduces training's validation of the same checkpoint (same images and
     # evaluator): the tool loaded these weights and evaluated this config; mask configs
     # evaluate segm as well, and their --out dump holds COCO RLE masks
-    keys = COCO_KEYS + (SEGM_KEYS if segm else ())
     if lvis:
-        keys = LVIS_KEYS + (tuple(k.replace('bbox', 'segm') for k in LVIS_KEYS) if segm else ())
         assert metrics['lvis/max_dets'] == 1000  # the official cap
     if segm:
         with open(dump, 'rb') as f:

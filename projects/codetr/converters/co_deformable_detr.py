@@ -139,8 +139,6 @@ AUX_HEAD_RULES: Tuple[KeyRule, ...] = (
     _same('roi_head.{k}.bbox_head.fc_cls.{w}', _ROI, True),
     _same('roi_head.{k}.bbox_head.fc_reg.{w}', _ROI, True),
     _same('roi_head.{k}.bbox_head.shared_fcs.{i}.{w}', _ROI, True),
-    _same('roi_head.{k}.bbox_head.shared_convs.{i}.conv.weight', _ROI, True),  # ConvFC (ViT-L)
-    _same('roi_head.{k}.bbox_head.shared_convs.{i}.gn.{w}', _ROI, True),
     # Co-Deformable-DETR's mask variant: Mask R-CNN's FCNMaskHead in the RoI head
     _same('roi_head.{k}.mask_head.convs.{i}.conv.{w}', _ROI_MASK, True),
     _same('roi_head.{k}.mask_head.upsample.{w}', _ROI_MASK, True),

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .co_deformable_detr import (
     _QH,
+    _ROI,
     AUX_HEAD_RULES,
     BRANCH_RULES,
     KEY_RULES,
@@ -92,6 +93,9 @@ VIT_RULES: Tuple[KeyRule, ...] = (
     _same('backbone.out_norm.{w}'),
     KeyRule('backbone.{rope}', None, 'rotary table (deterministic; computed by the model)'),
     _same('neck.p{s}.{j}.{w}'),
+    # the ViT-L COCO configs' aux RoI head: 4 convs (GN) + 1 fc
+    _same('roi_head.{k}.bbox_head.shared_convs.{i}.conv.weight', _ROI, True),
+    _same('roi_head.{k}.bbox_head.shared_convs.{i}.gn.{w}', _ROI, True),
     KeyRule('query_head.loss_cls.fed_loss_weight', None, _FED),
     KeyRule('bbox_head.{k}.loss_cls.fed_loss_weight', None, _FED),
     KeyRule('roi_head.{k}.bbox_head.loss_cls.fed_loss_weight', None, _FED),
