@@ -340,3 +340,25 @@ def test_paste_of_boxes_outside_the_canvas():
     assert masks.shape == (3, 96, 110)
     assert masks[0, 10:40, 10:30].all() and masks[0].sum() == 20 * 30
     assert not masks[1:].any()
+
+
+def test_infer_tool_writes_mask_scores_and_draws_when_nothing_passes(model, official, tmp_path):
+    """tools/infer.py on Co-DINO-Inst: ``mask_scores`` beside the RLE masks in
+    detections.json; an upscaled drawing where no detection passes --score-thr still works
+    (it failed on the empty mask tensor's size)."""
+    import cv2
+
+    from tools import infer
+    ckpt = tmp_path / 'inst_tiny.pth'
+    torch.save(dict(state_dict=model.state_dict(), meta={}), ckpt)
+    image = official['inputs']['img'][0, :, :96, :128].permute(1, 2, 0).numpy()
+    path = tmp_path / 'image.png'
+    cv2.imwrite(str(path), np.clip(image * 58 + 115, 0, 255).astype(np.uint8))
+    out = infer.main([str(path), str(CONFIG), str(ckpt), '--out-dir', str(tmp_path / 'a'),
+                      '--score-thr', '0'])
+    record = out['images'][0]
+    assert len(record['mask_scores']) == len(record['masks']) == len(record['scores']) > 0
+    assert record['mask_scores'] != record['scores']
+    out = infer.main([str(path), str(CONFIG), str(ckpt), '--out-dir', str(tmp_path / 'b'),
+                      '--score-thr', '0.99', '--min-side', '256'])
+    assert out['images'][0]['scores'] == [] and (tmp_path / 'b' / 'image.png').is_file()
