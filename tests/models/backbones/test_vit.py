@@ -206,3 +206,12 @@ def test_layer_decay_table_of_the_vit_l_config():
     assert lr['neck.p4.0.weight'] == (pytest.approx(base), 0.01)
     assert lr['query_head.level_embed'] == (pytest.approx(base), 0.01)
     assert optim['paramwise_cfg'] == dict(num_layers=24, layer_decay_rate=0.8)  # unchanged
+
+
+def test_rope_cache_keeps_the_latest_sizes():
+    vit = _tiny_vit()
+    for size in range(1, 12):
+        cos, _ = vit.rope(size, 2, torch.device('cpu'))
+        assert cos.shape == (size * 2, 64)
+    assert len(vit._rope_cache) == 8 and (11, 2, 'cpu') in vit._rope_cache
+    assert torch.equal(vit.rope(11, 2, torch.device('cpu'))[0], rope_table(11, 2)[0])

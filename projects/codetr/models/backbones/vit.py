@@ -14,6 +14,7 @@ that do not change the outputs of the released weights:
 """
 import math
 import warnings
+from collections import OrderedDict
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -283,7 +284,7 @@ class ViT(BaseModule):
                      window_size if i in self.window_block_indexes else 0, use_sdpa)
             for i in range(depth)])
         self.out_norm = nn.LayerNorm(embed_dim)
-        self._rope_cache = {}
+        self._rope_cache = OrderedDict()
 
     def init_weights(self) -> None:
         """Truncated-normal (0.02) linears and position table, LayerNorms 1/0; or a
@@ -302,11 +303,16 @@ class ViT(BaseModule):
                 nn.init.zeros_(m.bias)
 
     def rope(self, height: int, width: int, device: torch.device) -> Tuple[Tensor, Tensor]:
-        """Cached cos/sin tables of a ``height`` x ``width`` token grid."""
+        """cos/sin tables of a ``height`` x ``width`` token grid, the 8 latest sizes cached
+        (multi-scale training sees many sizes; a 96 x 96 grid's pair is 4.7 MB)."""
         key = (height, width, str(device))
-        if key not in self._rope_cache:
+        if key in self._rope_cache:
+            self._rope_cache.move_to_end(key)
+        else:
             cos, sin = rope_table(height, width, 32, self.pt_hw_seq_len)
             self._rope_cache[key] = (cos.to(device), sin.to(device))
+            if len(self._rope_cache) > 8:
+                self._rope_cache.popitem(last=False)
         return self._rope_cache[key]
 
     def forward(self, x: Tensor) -> List[Tensor]:
