@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tools.analysis_tools.bench_with_cp_memory import _rss_mib  # noqa: E402
 from tools.analysis_tools.benchmark import build, make_batch  # noqa: E402
 
 ARMS = {'no checkpointing, explicit logits': (False, False),
@@ -46,11 +47,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--json', help='write the results here')
     parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
-
-
-def _rss_mib() -> float:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def child(args: argparse.Namespace) -> dict:
