@@ -59,6 +59,9 @@ log "deployment runtimes (onnx, onnxruntime, openvino)"
 "${PIP[@]}" "$(pin onnx)" "$(pin onnxruntime)" "$(pin openvino)" \
   || die "onnx/onnxruntime/openvino install failed"
 
+log "native deformable attention for ONNX Runtime / OpenVINO (skipped with a message if it cannot be built)"
+"$PY" "$ROOT/tools/misc/build_native_ops.py" || log "native operator build step failed; the standard-operator graphs still work"
+
 log "checking the stack"
 "$PY" - <<'PY' || die "import check failed"
 import torch, mmengine, mmcv, mmdet, mmcv._ext, pycocotools, lvis, onnx, onnxruntime, openvino  # noqa: F401

@@ -64,8 +64,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                              '--shape and time this runtime against PyTorch predict, '
                              'alternately (--mode infer); pytorch: PyTorch alone (the default)')
     parser.add_argument('--onnx', help='with --backend: an exported file to use instead '
-                        '(by default the graph is exported with export_onnx\'s target = the '
-                        'backend)')
+                        '(by default the graph is exported with export_onnx\'s --target)')
+    parser.add_argument('--target', choices=['onnxruntime', 'openvino', 'native'],
+                        help='with --backend: the export\'s arrangement of the deformable '
+                        'attention (default: the backend\'s; native: the codetr::MSDeformAttn '
+                        'operator, needs tools/misc/build_native_ops.py)')
     parser.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default='fp32',
                         help='with --backend openvino: its compute precision')
     parser.add_argument('--raw', action='store_true',
@@ -172,8 +175,12 @@ def make_backend_step(model: torch.nn.Module, args: argparse.Namespace) -> Calla
     if onnx_file is None:
         onnx_file = str(Path(tempfile.mkdtemp()) / 'model.onnx')
         start = time.perf_counter()
-        export_onnx(deploy, images, onnx_file, target=args.backend)
-        print(f'exported {onnx_file} (arranged for {args.backend}) in '
+        target = args.target or args.backend
+        if target == 'native':
+            from projects.codetr.ops.native import native_library
+            native_library(args.backend, required=True)
+        export_onnx(deploy, images, onnx_file, target=target)
+        print(f'exported {onnx_file} (arranged for {target}) in '
               f'{time.perf_counter() - start:.0f} s')
     runner = _Runner(onnx_file, args.backend, threads=torch.get_num_threads(),
                      precision=args.precision)
@@ -385,6 +392,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     if args.backend and args.cpu_optim:
         raise SystemExit('--backend and --cpu-optim are exclusive (both compare against '
                          'the PyTorch model as loaded)')
+    if args.target and not args.backend:
+        raise SystemExit('--target is an option of --backend onnxruntime|openvino')
     if args.backend:
         args.compare = f'{args.backend} ({args.precision})'
         steps[args.compare] = make_backend_step(model, args)

@@ -8,6 +8,8 @@ Examples::
     python tools/deployment/export_onnx.py CONFIG CKPT --out model.onnx --static --shape 800 1333
     # arranged for OpenVINO (then run with tools/test.py --backend openvino --precision bf16)
     python tools/deployment/export_onnx.py CONFIG CKPT --out model_ov.onnx --target openvino
+    # the native deformable-attention operator (both runtimes, built by make install)
+    python tools/deployment/export_onnx.py CONFIG CKPT --out model_native.onnx --target native
 
 The graph holds the inference path only (backbone, neck, encoder, two-stage selection,
 decoder, top-k), standard operators only: what ``eval_module='detr'`` predicts with (other
@@ -17,11 +19,13 @@ as mmcv reads them; outputs ``boxes`` (N, K, 4) xyxy in input pixels, ``scores``
 every image size; it is traced at ``--shape`` (default: the config's test ``Resize`` target).
 ``--static`` fixes the graph to 1x3x``--shape`` (the tools then refuse other sizes).
 ``--target openvino`` arranges the deformable attention for OpenVINO (faster there; either
-runtime runs either graph). Before reporting success the tool runs ONNX Runtime (with
-``--target openvino`` also OpenVINO) and PyTorch on the same random image (for a dynamic graph
-also on two images at 3/4 of the size) and requires every top-20 detection of either side to
-have a twin on the other (same label, score within 1e-3, box within 0.5 px); it prints op
-counts, file size and latencies.
+runtime runs either graph); ``--target native`` exports it as the ``codetr::MSDeformAttn``
+operator of ``projects/codetr/ops/csrc`` (refused when its libraries are not built). Before
+reporting success the tool runs ONNX Runtime (with ``--target openvino`` also OpenVINO, with
+``--target native`` each runtime whose library is built) and PyTorch on the same random
+image (for a dynamic graph also on two images at 3/4 of the size) and requires every top-20
+detection of either side to have a twin on the other (same label, score within 1e-3, box
+within 0.5 px); it prints op counts, file size and latencies.
 """
 
 from __future__ import annotations
@@ -63,10 +67,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help='fix the graph to 1x3xHxW of --shape; the tools then refuse images '
                       'of another size')
     parser.add_argument('--opset', type=int, default=17, help='ONNX opset (>= 16)')
-    parser.add_argument('--target', choices=['onnxruntime', 'openvino'], default='onnxruntime',
-                        help='the runtime the deformable attention is arranged for (either '
-                        'runs either graph; openvino: per-point sampling, faster there, and '
-                        'OpenVINO is checked and timed too)')
+    parser.add_argument('--target', choices=['onnxruntime', 'openvino', 'native'],
+                        default='onnxruntime',
+                        help='how the deformable attention is exported: standard operators '
+                        'arranged for onnxruntime or openvino (either runs either graph; '
+                        'openvino: per-point sampling, faster there, and OpenVINO is checked '
+                        'and timed too), or native: the codetr::MSDeformAttn operator, which '
+                        'needs the libraries built by make install '
+                        '(tools/misc/build_native_ops.py)')
     add_allow_partial_argument(parser, 'export')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value pairs')
@@ -135,6 +143,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f'{args.config}: model.type={cfg.model.get("type")!r}; this tool '
                          'exports CoDETR configs')
     check_exported_eval_module(cfg)
+    native_runtimes = {}
+    if args.target == 'native':  # refused before the export if no runtime can run it
+        from projects.codetr.ops.native import native_library
+        native_runtimes = {name: backend for name, backend in (
+            ('ONNX Runtime', 'onnxruntime'), ('OpenVINO', 'openvino'))
+            if native_library(backend) is not None}
+        if not native_runtimes:
+            native_library('onnxruntime', required=True)  # raises, naming the path and fix
     cfg.model.backbone.init_cfg = None  # the checkpoint has the weights
     detector, _ = init_detector_checked(cfg, args.checkpoint, 'cpu', args.config,
                                         args.allow_partial_checkpoint)
@@ -152,8 +168,14 @@ def main(argv: Sequence[str] | None = None) -> int:
           f'arranged for {args.target}')
     print(f'{sum(ops.values())} nodes: ' + ', '.join(f'{k} {v}' for k, v in ops.items()))
 
-    # checked in both runtimes with --target openvino (either runs either arrangement)
-    runtimes = {'ONNX Runtime': _Runner(str(out), 'onnxruntime', warn_target=False)}
+    # checked in both runtimes with --target openvino (either runs either arrangement), in
+    # those with the library with --target native
+    if native_runtimes:
+        runtimes = {name: _Runner(str(out), backend) for name, backend in native_runtimes.items()}
+        for name in {'ONNX Runtime', 'OpenVINO'} - set(runtimes):
+            print(f'note: the native operator library for {name} is not built; not checked')
+    else:
+        runtimes = {'ONNX Runtime': _Runner(str(out), 'onnxruntime', warn_target=False)}
     if args.target == 'openvino':
         runtimes['OpenVINO'] = _Runner(str(out), 'openvino')
     checks = [images]

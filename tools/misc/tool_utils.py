@@ -278,17 +278,19 @@ def run_cli(main: Any) -> int:
     """Run a tool's ``main()`` for the command line and return its exit status.
 
     The refusals of the loading policy (an unreadable checkpoint, a checkpoint that does not
-    fit the config, unusable test images, an aux-head path asked of an exported model) end in
+    fit the config, unusable test images, an aux-head path asked of an exported model, a
+    native-operator graph without its library) end in
     their message on stderr and status 1, without a traceback; otherwise ``main``'s own int
     result is the status (anything else: 0).
     """
     import sys
 
+    from projects.codetr.ops.native import NativeOpsMissingError
     from projects.codetr.utils import CheckpointFileError, CheckpointMismatchError
     try:
         result = main()
     except (CheckpointFileError, CheckpointMismatchError, BadImagesError,
-            ExportedPathError) as exc:
+            ExportedPathError, NativeOpsMissingError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
     return result if isinstance(result, int) else 0

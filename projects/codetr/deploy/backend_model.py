@@ -20,6 +20,7 @@ from mmengine.model import BaseModel
 from mmengine.structures import InstanceData
 from torch import Tensor
 
+from ..ops import native
 from .onnx_export import TARGET_KEY
 
 BACKENDS = ('onnxruntime', 'openvino')
@@ -31,7 +32,9 @@ class _Runner:
 
     ``target`` is the runtime the graph was arranged for (``export_onnx``'s metadata; None
     for a graph without it); a graph arranged for the other runtime runs, with a warning
-    unless ``warn_target`` is False.
+    unless ``warn_target`` is False. The native operator library of the backend
+    (:func:`~projects.codetr.ops.native.native_library`) is loaded when it is built; a
+    ``target='native'`` graph without it is refused with how to build it.
     """
 
     def __init__(self, onnx_file: str, backend: str, threads: Optional[int] = None,
@@ -46,8 +49,15 @@ class _Runner:
             options = ort.SessionOptions()
             if threads:
                 options.intra_op_num_threads = threads
-            self._session = ort.InferenceSession(onnx_file, options,
-                                                 providers=['CPUExecutionProvider'])
+            library = native.native_library('onnxruntime')
+            if library is not None:
+                options.register_custom_ops_library(str(library))
+            try:
+                self._session = ort.InferenceSession(onnx_file, options,
+                                                     providers=['CPUExecutionProvider'])
+            except Exception as error:
+                self._explain_native(error, onnx_file, backend, library)
+                raise
             shape = self._session.get_inputs()[0].shape
             self.target = self._session.get_modelmeta().custom_metadata_map.get(TARGET_KEY)
             self.run = lambda images: self._session.run(None, {'images': images})
@@ -58,7 +68,14 @@ class _Runner:
             config = {'INFERENCE_PRECISION_HINT': PRECISIONS[precision]}
             if threads:
                 config['INFERENCE_NUM_THREADS'] = threads
-            model = core.read_model(onnx_file)
+            library = native.native_library('openvino')
+            if library is not None:
+                core.add_extension(str(library))
+            try:
+                model = core.read_model(onnx_file)
+            except Exception as error:
+                self._explain_native(error, onnx_file, backend, library)
+                raise
             key = ['framework', TARGET_KEY]  # where the ONNX frontend puts metadata_props
             self.target = (model.get_rt_info(key).astype(str) if model.has_rt_info(key)
                            else None)
@@ -75,7 +92,8 @@ class _Runner:
             self.run = run
         else:
             raise ValueError(f'backend={backend!r}: expected one of {BACKENDS}')
-        if warn_target and self.target is not None and self.target != backend:
+        if (warn_target and self.target is not None and self.target != 'native'
+                and self.target != backend):
             print_log(f'{onnx_file} was exported with --target {self.target}; '
                       f'--target {backend} arranges the deformable attention faster for '
                       f'{backend} (tools/deployment/export_onnx.py)', logger='current',
@@ -83,6 +101,17 @@ class _Runner:
         # None where the axis is dynamic
         self.batch, self.height, self.width = (d if isinstance(d, int) else None
                                                for d in (shape[0], shape[2], shape[3]))
+
+    @staticmethod
+    def _explain_native(error: Exception, onnx_file: str, backend: str,
+                        library: Optional[Path]) -> None:
+        """Re-raise a load failure caused by a missing native operator with how to fix it."""
+        if library is None and native.OP_NAME in str(error):
+            raise native.NativeOpsMissingError(
+                f'{onnx_file} uses the native {native.DOMAIN}::{native.OP_NAME} operator '
+                f'(exported with --target native), but its {backend} library '
+                f'{native.native_ops_dir() / native.LIBRARIES[backend]} does not exist; '
+                f'{native.BUILD_HINT}') from error
 
     def __call__(self, images: np.ndarray) -> List[np.ndarray]:
         """Run ``images``, in chunks of the graph's batch size if that is fixed."""

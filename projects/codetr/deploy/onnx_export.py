@@ -12,8 +12,10 @@
 The deformable attention is exported as ``GridSample`` (opset >= 16; the formulation of
 :func:`~projects.codetr.ops.ms_deform_attn.multi_scale_deformable_attn_onnx`, arranged for
 the ``target`` runtime), so stock ONNX Runtime and OpenVINO run the graph without custom
-operators. The sizes that depend on the input (feature maps, reference points, proposals)
-are computed from tensor shapes, so the graph can leave N, H and W dynamic.
+operators; or, with ``target='native'``, as this project's ``codetr::MSDeformAttn`` operator,
+which both runtimes run with the libraries of :mod:`projects.codetr.ops.native`. The sizes
+that depend on the input (feature maps, reference points, proposals) are computed from
+tensor shapes, so the graph can leave N, H and W dynamic.
 """
 from __future__ import annotations
 
@@ -26,12 +28,15 @@ import torch
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
 from torch import Tensor, nn
 
+from ..ops import native
 from ..ops.ms_deform_attn import CoMultiScaleDeformableAttention
 
-# The runtimes an exported graph can be arranged for (export_onnx's ``target``), and the
-# key of the graph's metadata that records it.
-TARGETS = ('onnxruntime', 'openvino')
+# The arrangements of the deformable attention in an exported graph (export_onnx's
+# ``target``): standard operators arranged for one runtime, or the native operator (both
+# runtimes, with the libraries built); and the key of the graph's metadata that records it.
+TARGETS = ('onnxruntime', 'openvino', 'native')
 TARGET_KEY = 'codetr_target'
+NATIVE_OPS = (f'{native.DOMAIN}::{native.OP_NAME}', )
 
 # Modules that exist only for training: none of their names may appear in the graph.
 AUX_MODULE_NAMES = ('rpn_head', 'roi_head', 'bbox_head', 'aux_pos_trans', 'pos_feats_trans',
@@ -98,11 +103,13 @@ def export_onnx(deploy_model: CoDETRDeployModel, images: Tensor, out_file: str |
         opset (int): ONNX opset, >= 16 (``GridSample``).
         dynamic (bool): Leave N, H and W free; otherwise the graph is specialised to the
             shape of ``images``.
-        target (str): The runtime the deformable attention is arranged for, one of
+        target (str): The arrangement of the deformable attention, one of
             :data:`TARGETS`: ``'onnxruntime'`` samples per level, ``'openvino'`` per level
-            and point (``per_point`` of ``multi_scale_deformable_attn_onnx``). Both
-            runtimes run either graph, with the same results up to rounding. Recorded in
-            the graph's metadata under :data:`TARGET_KEY`.
+            and point (``per_point`` of ``multi_scale_deformable_attn_onnx``); both
+            runtimes run either graph, with the same results up to rounding. ``'native'``:
+            one ``codetr::MSDeformAttn`` node per attention (opset domain ``codetr``),
+            which the runtimes run with the native libraries only. Recorded in the graph's
+            metadata under :data:`TARGET_KEY`.
 
     Raises:
         ValueError: For ``opset`` < 16 or an unknown ``target``.
@@ -121,20 +128,22 @@ def export_onnx(deploy_model: CoDETRDeployModel, images: Tensor, out_file: str |
                         **{name: {0: 'batch'} for name in deploy_model.output_names}}
     attentions = [m for m in deploy_model.modules()
                   if isinstance(m, CoMultiScaleDeformableAttention)]
-    before = [m.onnx_per_point for m in attentions]
+    before = [(m.onnx_per_point, m.onnx_native) for m in attentions]
     try:
         for m in attentions:
             m.onnx_per_point = target == 'openvino'
+            m.onnx_native = target == 'native'
         with torch.no_grad(), warnings.catch_warnings():
             # The tracer warns wherever a size becomes a Python value; the shapes that must
             # stay symbolic are built from tensors (tests export at one size, run at others).
             warnings.simplefilter('ignore', torch.jit.TracerWarning)
             torch.onnx.export(deploy_model, (images, ), str(out_file), opset_version=opset,
                               input_names=['images'], output_names=deploy_model.output_names,
-                              dynamic_axes=dynamic_axes, dynamo=False)
+                              dynamic_axes=dynamic_axes, dynamo=False,
+                              custom_opsets={native.DOMAIN: 1} if target == 'native' else None)
     finally:
-        for m, value in zip(attentions, before):
-            m.onnx_per_point = value
+        for m, (per_point, use_native) in zip(attentions, before):
+            m.onnx_per_point, m.onnx_native = per_point, use_native
     import onnx
     model = onnx.load(str(out_file))
     model.metadata_props.add(key=TARGET_KEY, value=target)
@@ -142,9 +151,11 @@ def export_onnx(deploy_model: CoDETRDeployModel, images: Tensor, out_file: str |
     return out_file
 
 
-def check_onnx_graph(onnx_file: str | Path,
-                     forbidden: Sequence[str] = AUX_MODULE_NAMES) -> Dict[str, int]:
-    """Op-type counts of an exported graph; fails on custom-domain ops or auxiliary modules.
+def check_onnx_graph(onnx_file: str | Path, forbidden: Sequence[str] = AUX_MODULE_NAMES,
+                     allowed_custom: Sequence[str] = NATIVE_OPS) -> Dict[str, int]:
+    """Op-type counts of an exported graph; fails on custom-domain ops other than
+    ``allowed_custom`` (``domain::op``; by default the native deformable attention) or on
+    auxiliary modules.
 
     Raises:
         ValueError: Naming the offending nodes/initializers.
@@ -153,7 +164,8 @@ def check_onnx_graph(onnx_file: str | Path,
     model = onnx.load(str(onnx_file))
     onnx.checker.check_model(model)
     nodes = model.graph.node
-    custom = sorted({f'{n.domain}::{n.op_type}' for n in nodes if n.domain not in ('', 'ai.onnx')})
+    custom = sorted({f'{n.domain}::{n.op_type}' for n in nodes if n.domain not in ('', 'ai.onnx')}
+                    - set(allowed_custom))
     if custom:
         raise ValueError(f'{onnx_file}: non-standard operators {custom}')
     names = [n.name.replace('/', '.') for n in nodes] + [

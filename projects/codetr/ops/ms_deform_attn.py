@@ -36,9 +36,11 @@ _FAST_DTYPES = (torch.float32, torch.float64)
 
 def ms_deform_attn_core(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                         sampling_locations: Tensor, attention_weights: Tensor,
-                        im2col_step: int = 64, onnx_per_point: bool = False) -> Tensor:
+                        im2col_step: int = 64, onnx_per_point: bool = False,
+                        onnx_native: bool = False) -> Tensor:
     """Sample and sum: mmcv's CUDA/MLU kernel, the fast CPU kernel or mmcv's reference
-    (while exporting to ONNX, :func:`multi_scale_deformable_attn_onnx`: standard operators).
+    (while exporting to ONNX, :func:`multi_scale_deformable_attn_onnx`: standard operators,
+    or with ``onnx_native`` one ``codetr::MSDeformAttn`` node, see :mod:`.native`).
 
     Args:
         value (Tensor): (bs, num_value, num_heads, head_dims).
@@ -49,10 +51,15 @@ def ms_deform_attn_core(value: Tensor, spatial_shapes: Tensor, level_start_index
         im2col_step (int): Batch chunk of the CUDA kernel.
         onnx_per_point (bool): While exporting, one ``GridSample`` per level and point
             (see :func:`multi_scale_deformable_attn_onnx`).
+        onnx_native (bool): While exporting, the native operator (takes precedence).
 
     Returns:
         Tensor: (bs, nq, num_heads * head_dims).
     """
+    if torch.onnx.is_in_onnx_export() and onnx_native:
+        from .native import MSDeformAttnNative
+        return MSDeformAttnNative.apply(value, spatial_shapes, level_start_index,
+                                        sampling_locations, attention_weights)
     if torch.onnx.is_in_onnx_export():  # standard operators only (GridSample)
         return multi_scale_deformable_attn_onnx(value, spatial_shapes, level_start_index,
                                                 sampling_locations, attention_weights,
@@ -132,11 +139,13 @@ class CoMultiScaleDeformableAttention(MultiScaleDeformableAttention):
     computes the encoder's sampling locations in one vectorised pass when no gradient is
     recorded: same values, bit for bit. ``onnx_per_point`` (set by
     :func:`~projects.codetr.deploy.export_onnx` for OpenVINO) selects the exported graph's
-    arrangement of the sampling (:func:`multi_scale_deformable_attn_onnx`).
+    arrangement of the sampling (:func:`multi_scale_deformable_attn_onnx`), ``onnx_native``
+    the native operator instead (:mod:`.native`).
     """
 
     one_pass_locations = False
     onnx_per_point = False
+    onnx_native = False
 
     def forward(self,
                 query: Tensor,
@@ -212,7 +221,8 @@ class CoMultiScaleDeformableAttention(MultiScaleDeformableAttention):
                              f'values, got shape {tuple(reference_points.shape)}')
 
         output = ms_deform_attn_core(value, spatial_shapes, level_start_index, locations,
-                                     weights, self.im2col_step, self.onnx_per_point)
+                                     weights, self.im2col_step, self.onnx_per_point,
+                                     self.onnx_native)
         output = self.output_proj(output)
         if not self.batch_first:
             output = output.transpose(0, 1)
