@@ -55,16 +55,16 @@ fi
 log "mmdet"
 "${PIP[@]}" "$(pin mmdet)" || die "mmdet install failed"
 
-log "deployment runtimes (onnx, onnxruntime, openvino)"
-"${PIP[@]}" "$(pin onnx)" "$(pin onnxruntime)" "$(pin openvino)" \
-  || die "onnx/onnxruntime/openvino install failed"
+log "deployment runtimes (onnx, onnxruntime, openvino) and NNCF (INT8 for OpenVINO)"
+"${PIP[@]}" "$(pin onnx)" "$(pin onnxruntime)" "$(pin openvino)" "$(pin nncf)" \
+  || die "onnx/onnxruntime/openvino/nncf install failed"
 
 log "native deformable attention for ONNX Runtime / OpenVINO (skipped with a message if it cannot be built)"
 "$PY" "$ROOT/tools/misc/build_native_ops.py" || log "native operator build step failed; the standard-operator graphs still work"
 
 log "checking the stack"
 "$PY" - <<'PY' || die "import check failed"
-import torch, mmengine, mmcv, mmdet, mmcv._ext, pycocotools, lvis, onnx, onnxruntime, openvino  # noqa: F401
+import torch, mmengine, mmcv, mmdet, mmcv._ext, pycocotools, lvis, onnx, onnxruntime, openvino, nncf  # noqa: F401
 print(f"[install] torch {torch.__version__}, mmengine {mmengine.__version__}, "
       f"mmcv {mmcv.__version__} (ops), mmdet {mmdet.__version__}")
 PY

@@ -69,8 +69,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='with --backend: the export\'s arrangement of the deformable '
                         'attention (default: the backend\'s; native: the codetr::MSDeformAttn '
                         'operator, needs tools/misc/build_native_ops.py)')
-    parser.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default='fp32',
-                        help='with --backend openvino: its compute precision')
+    parser.add_argument('--precision', choices=['fp32', 'bf16', 'fp16', 'int8'],
+                        default='fp32',
+                        help='with --backend openvino: its compute precision; int8 (either '
+                        'backend): the export quantised by tools/deployment/quantize.py\'s '
+                        'functions, calibrated on 4 random images (latency only; --onnx: '
+                        'an INT8 file)')
     parser.add_argument('--raw', action='store_true',
                         help='with --backend: export the raw outputs (last decoder layer\'s '
                              'class logits and boxes) and print their largest difference '
@@ -182,6 +186,24 @@ def make_backend_step(model: torch.nn.Module, args: argparse.Namespace) -> Calla
         export_onnx(deploy, images, onnx_file, target=target)
         print(f'exported {onnx_file} (arranged for {target}) in '
               f'{time.perf_counter() - start:.0f} s')
+        if args.precision == 'int8':
+            from projects.codetr.deploy.quantize import (
+                quantize_onnxruntime,
+                quantize_openvino,
+            )
+            g = torch.Generator().manual_seed(1)
+            calib = [images[:1].numpy()] + [
+                (torch.rand(1, *images.shape[1:], generator=g) * 255).numpy()
+                for _ in range(3)]
+            fp32_file = onnx_file
+            onnx_file = str(Path(fp32_file).with_name('model_int8')) + (
+                '.onnx' if args.backend == 'onnxruntime' else '.xml')
+            start = time.perf_counter()
+            quantize = (quantize_onnxruntime if args.backend == 'onnxruntime'
+                        else quantize_openvino)
+            kept = quantize(fp32_file, calib, onnx_file)
+            print(f'quantised to INT8 ({len(kept)} layers kept fp32) in '
+                  f'{time.perf_counter() - start:.0f} s')
     runner = _Runner(onnx_file, args.backend, threads=torch.get_num_threads(),
                      precision=args.precision)
     batch = images.numpy()
@@ -383,8 +405,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     steps = {args.config: make_step(model, args)}
     if args.backend == 'pytorch':
         args.backend = None
-    if args.precision != 'fp32' and args.backend != 'openvino':
+    if args.precision in ('bf16', 'fp16') and args.backend != 'openvino':
         raise SystemExit(f'--precision {args.precision} is an option of --backend openvino')
+    if args.precision == 'int8' and not args.backend:
+        raise SystemExit('--precision int8 is an option of --backend onnxruntime|openvino')
     if (args.backend or args.cpu_optim) and (args.mode != 'infer' or args.compare
                                              or args.msda_ab):
         raise SystemExit('--backend/--cpu-optim time inference alone, without '

@@ -47,6 +47,7 @@ from mmengine.config import DictAction  # noqa: E402
 from tools.misc.tool_utils import add_allow_partial_argument  # noqa: E402
 
 SCORE_TOL, BOX_TOL, TOP = 1e-3, 0.5, 20
+MIN_MASK_IOU = 0.99  # of a detection's mask with its PyTorch twin's, at the graph's resolution
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -107,6 +108,28 @@ def missing_twins(ref, ours, top: int = TOP) -> list:
         return lost
 
     return lookup('missing', ref, ours) + lookup('extra', ours, ref)
+
+
+def twin_mask_ious(ref, ours, threshold: float, top: int = TOP) -> list:
+    """Mask IoU of each of the reference's top-``top`` detections with its twin's mask.
+
+    Args:
+        ref, ours: ``(boxes, scores, labels, masks (K, S, S) probabilities)`` of one image.
+        threshold (float): Binarisation threshold of the masks.
+
+    Returns:
+        list[float]: One IoU per detection that has a twin (two empty masks: 1.0).
+    """
+    import numpy as np
+    ious = []
+    for i in np.argsort(-ref[1])[:top]:
+        twins = np.flatnonzero((ours[2] == ref[2][i]) & (np.abs(ours[1] - ref[1][i]) <= SCORE_TOL)
+                               & (np.abs(ours[0] - ref[0][i]).max(-1) <= BOX_TOL))
+        if len(twins):
+            a, b = ref[3][i] >= threshold, ours[3][twins[0]] >= threshold
+            union = (a | b).sum()
+            ious.append(float((a & b).sum() / union) if union else 1.0)
+    return ious
 
 
 def _median_latency(fn, repeats: int = 5) -> float:
@@ -182,16 +205,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dynamic:  # a second batch size and image size through the same graph
         checks.append(torch.rand(2, 3, h * 3 // 4, w * 3 // 4, generator=g) * 255)
     missing = {name: [] for name in runtimes}
+    mask_ious = {name: [] for name in runtimes}
     for batch in checks:
         with torch.no_grad():
             torch_out = [t.numpy() for t in deploy(batch)]
         for name, runner in runtimes.items():
             onnx_out = runner(batch.numpy())
-            missing[name] += [m for b in range(batch.shape[0]) for m in missing_twins(
-                [t[b] for t in torch_out], [o[b] for o in onnx_out])]
+            for b in range(batch.shape[0]):
+                ref, ours = [t[b] for t in torch_out], [o[b] for o in onnx_out]
+                missing[name] += missing_twins(ref, ours)
+                if deploy.with_masks:
+                    mask_ious[name] += twin_mask_ious(ref, ours, deploy.mask_threshold)
             print(f'{name}, {"x".join(map(str, batch.shape))}: max |score diff| '
                   f'{np.abs(onnx_out[1] - torch_out[1]).max():.2e}, max |box diff| '
-                  f'{np.abs(onnx_out[0] - torch_out[0]).max():.2e} px (same rank)')
+                  f'{np.abs(onnx_out[0] - torch_out[0]).max():.2e} px (same rank)' + (
+                      f', max |mask probability diff| '
+                      f'{np.abs(onnx_out[3] - torch_out[3]).max():.2e} (same rank)'
+                      if deploy.with_masks else ''))
     pixels = images.numpy()
     with torch.no_grad():
         latencies = {'PyTorch': _median_latency(lambda: deploy(images))}
@@ -210,6 +240,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             failed = True
         else:
             print(f'OK: every PyTorch top-{TOP} detection has an {name} twin')
+        if deploy.with_masks and min(mask_ious[name], default=0.0) < MIN_MASK_IOU:
+            print(f'FAILED: {name} masks: lowest IoU with the PyTorch twin\'s mask '
+                  f'{min(mask_ious[name], default=0.0):.4f} < {MIN_MASK_IOU}', file=sys.stderr)
+            failed = True
+        elif deploy.with_masks:
+            print(f'OK: {name} masks of the twins (threshold {deploy.mask_threshold}): IoU with '
+                  f'PyTorch\'s >= {min(mask_ious[name]):.4f} (mean '
+                  f'{np.mean(mask_ious[name]):.4f})')
     return int(failed)
 
 def cli(argv: Sequence[str] | None = None) -> int:

@@ -112,10 +112,12 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
                         default='pytorch',
                         help='run an exported .onnx model (tools/deployment/export_onnx.py) '
                         'with this runtime instead of the PyTorch checkpoint')
-    parser.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default='fp32',
-                        help='compute precision of --backend openvino (its CPU plugin runs '
-                        'bf16/fp16 on CPUs with AMX/AVX512 support; detections then differ '
-                        'from PyTorch\'s by more than rounding)')
+    parser.add_argument('--precision', choices=['fp32', 'bf16', 'fp16', 'int8'],
+                        default='fp32',
+                        help='bf16/fp16: compute precision of --backend openvino (its CPU '
+                        'plugin runs them on CPUs with AMX/AVX512 support; detections then '
+                        'differ from PyTorch\'s by more than rounding); int8: the model is an '
+                        'INT8 one from tools/deployment/quantize.py (either runtime)')
     parser.add_argument('--no-cpu-optim', action='store_true',
                         help='PyTorch on CPU: run the modules as loaded (by default the '
                         'backbone/neck BatchNorms are folded into their convolutions, stored '
@@ -124,10 +126,13 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def check_backend_arguments(args: argparse.Namespace) -> None:
-    """Reject ``--precision`` other than fp32 outside OpenVINO."""
-    if args.precision != 'fp32' and args.backend != 'openvino':
+    """Reject ``--precision bf16|fp16`` outside OpenVINO and ``int8`` with PyTorch."""
+    if args.precision in ('bf16', 'fp16') and args.backend != 'openvino':
         raise ValueError(f'--precision {args.precision} is an option of --backend openvino; '
                          f'--backend {args.backend} computes in fp32')
+    if args.precision == 'int8' and args.backend == 'pytorch':
+        raise ValueError('--precision int8 runs a model quantised by '
+                         'tools/deployment/quantize.py with --backend onnxruntime|openvino')
 
 
 def _leaf_datasets(dataset_cfg: Any) -> Iterator[dict]:

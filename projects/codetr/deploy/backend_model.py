@@ -21,10 +21,13 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 from ..ops import native
-from .onnx_export import TARGET_KEY
+from .onnx_export import MASK_THRESHOLD_KEY, TARGET_KEY
+from .quantize import PRECISION_KEY
 
 BACKENDS = ('onnxruntime', 'openvino')
-PRECISIONS = {'fp32': 'f32', 'bf16': 'bf16', 'fp16': 'f16'}  # OpenVINO's precision hints
+# OpenVINO's precision hints; int8 = a graph quantised by tools/deployment/quantize.py (its
+# INT8 layers run in int8 whatever the hint, the others in fp32)
+PRECISIONS = {'fp32': 'f32', 'bf16': 'bf16', 'fp16': 'f16', 'int8': 'f32'}
 
 
 class _Runner:
@@ -41,7 +44,7 @@ class _Runner:
                  precision: str = 'fp32', warn_target: bool = True) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f'precision={precision!r}: expected one of {tuple(PRECISIONS)}')
-        if precision != 'fp32' and backend != 'openvino':
+        if precision in ('bf16', 'fp16') and backend != 'openvino':
             raise ValueError(f'precision={precision!r} needs backend=\'openvino\' '
                              f'(backend {backend!r} computes in fp32)')
         if backend == 'onnxruntime':
@@ -59,7 +62,11 @@ class _Runner:
                 self._explain_native(error, onnx_file, backend, library)
                 raise
             shape = self._session.get_inputs()[0].shape
-            self.target = self._session.get_modelmeta().custom_metadata_map.get(TARGET_KEY)
+            metadata = self._session.get_modelmeta().custom_metadata_map
+            self.target = metadata.get(TARGET_KEY)
+            mask_threshold = metadata.get(MASK_THRESHOLD_KEY)
+            graph_precision = metadata.get(PRECISION_KEY)
+            self.output_names = [o.name for o in self._session.get_outputs()]
             self.run = lambda images: self._session.run(None, {'images': images})
         elif backend == 'openvino':
             import openvino as ov
@@ -76,14 +83,20 @@ class _Runner:
             except Exception as error:
                 self._explain_native(error, onnx_file, backend, library)
                 raise
-            key = ['framework', TARGET_KEY]  # where the ONNX frontend puts metadata_props
-            self.target = (model.get_rt_info(key).astype(str) if model.has_rt_info(key)
-                           else None)
+
+            def metadata(name):  # where the ONNX frontend puts metadata_props
+                key = ['framework', name]
+                return model.get_rt_info(key).astype(str) if model.has_rt_info(key) else None
+
+            self.target = metadata(TARGET_KEY)
+            mask_threshold = metadata(MASK_THRESHOLD_KEY)
+            graph_precision = metadata(PRECISION_KEY)
             compiled = core.compile_model(model, 'CPU', config)
             self.hint = compiled.get_property('INFERENCE_PRECISION_HINT').to_string()
             shape = [d.get_length() if d.is_static else None
                      for d in compiled.input(0).get_partial_shape()]
             outputs = list(compiled.outputs)  # in the graph's order
+            self.output_names = [o.get_any_name() for o in outputs]
 
             def run(images):
                 result = compiled(images)
@@ -92,6 +105,14 @@ class _Runner:
             self.run = run
         else:
             raise ValueError(f'backend={backend!r}: expected one of {BACKENDS}')
+        if (graph_precision == 'int8') != (precision == 'int8'):
+            raise ValueError(
+                f'{onnx_file} is an INT8 model (tools/deployment/quantize.py): run it with '
+                '--precision int8' if graph_precision == 'int8' else
+                f'--precision int8 runs an INT8 model, and {onnx_file} is not one: quantise '
+                'it first with tools/deployment/quantize.py CONFIG MODEL.onnx --out ...')
+        # the test_cfg mask threshold of a graph with masks (export_onnx's metadata)
+        self.mask_threshold = float(mask_threshold) if mask_threshold is not None else 0.5
         if (warn_target and self.target is not None and self.target != 'native'
                 and self.target != backend):
             print_log(f'{onnx_file} was exported with --target {self.target}; '
@@ -136,9 +157,12 @@ class ONNXBackendDetector(BaseModel):
                  threads: Optional[int] = None, precision: str = 'fp32',
                  init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
-        if not str(onnx_file).endswith('.onnx'):
-            raise ValueError(f'backend {backend!r} runs an exported .onnx model, got '
-                             f'{onnx_file!r} (export with tools/deployment/export_onnx.py)')
+        suffixes = ('.onnx', '.xml') if backend == 'openvino' else ('.onnx', )
+        if not str(onnx_file).endswith(suffixes):
+            raise ValueError(f'backend {backend!r} runs an exported {" or ".join(suffixes)} '
+                             f'model, got {onnx_file!r} (export with '
+                             'tools/deployment/export_onnx.py, quantise with '
+                             'tools/deployment/quantize.py)')
         if not Path(onnx_file).is_file():
             raise FileNotFoundError(f'ONNX model {onnx_file!r} does not exist')
         self.backend = _Runner(str(onnx_file), backend, threads, precision)
@@ -150,8 +174,7 @@ class ONNXBackendDetector(BaseModel):
             raise ValueError(f'{type(self).__name__} only predicts (mode={mode!r})')
         if self.backend.height is None:  # dynamic H and W: each image at its own size
             outputs = [self.backend(img[None].float().numpy()) for img in inputs]
-            return self._to_samples([np.concatenate(o) for o in zip(*outputs)],
-                                    data_samples)
+            return self._to_samples([np.concatenate(o) for o in zip(*outputs)], data_samples)
         h, w = self.backend.height, self.backend.width
         batch = np.zeros((len(inputs), 3, h, w), np.float32)
         for i, img in enumerate(inputs):
@@ -166,19 +189,30 @@ class ONNXBackendDetector(BaseModel):
             batch[i] = img.float().numpy()
         return self._to_samples(self.backend(batch), data_samples)
 
-    @staticmethod
-    def _to_samples(outputs: List[np.ndarray],
+    def _to_samples(self, outputs: List[np.ndarray],
                     data_samples: List[DetDataSample]) -> List[DetDataSample]:
-        """Graph outputs -> ``pred_instances`` in the original image frame."""
-        boxes, scores, labels = outputs
+        """Graph outputs -> ``pred_instances`` in the original image frame; a graph with
+        ``masks`` has them pasted on the original image as ``CoDETR.predict`` does."""
+        from ..models.roi_heads.mask_heads import SimpleRefineMaskHead
+        outputs = dict(zip(self.backend.output_names, outputs))
+
+        def tensor(name, i):
+            return torch.from_numpy(np.ascontiguousarray(outputs[name][i]))
+
         for i, sample in enumerate(data_samples):
             ih, iw = sample.img_shape
-            bboxes = torch.from_numpy(np.ascontiguousarray(boxes[i]))
+            bboxes = tensor('boxes', i)
             bboxes[:, 0::2].clamp_(0, iw)
             bboxes[:, 1::2].clamp_(0, ih)
             if 'scale_factor' in sample:
                 bboxes /= bboxes.new_tensor(sample.scale_factor).repeat(2)
-            sample.pred_instances = InstanceData(
-                bboxes=bboxes, scores=torch.from_numpy(np.ascontiguousarray(scores[i])),
-                labels=torch.from_numpy(np.ascontiguousarray(labels[i])).long())
+            results = InstanceData(bboxes=bboxes, scores=tensor('scores', i),
+                                   labels=tensor('labels', i).long())
+            if 'masks' in outputs:
+                oh, ow = sample.ori_shape[:2] if 'ori_shape' in sample else (ih, iw)
+                results.masks = SimpleRefineMaskHead.paste_mask_probs(
+                    tensor('masks', i)[:, None], bboxes, oh, ow, self.backend.mask_threshold)
+            if 'mask_scores' in outputs:
+                results.mask_scores = tensor('mask_scores', i)
+            sample.pred_instances = results
         return data_samples

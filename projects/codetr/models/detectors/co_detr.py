@@ -449,18 +449,20 @@ class CoDETR(CheckpointFitMixin, BaseDetector):
                 results.mask_scores = torch.cat(mask_scores)
         return results_list
 
-    def _forward(self, batch_inputs: Tensor,
-                 batch_data_samples: OptSampleList = None) -> Tuple[Tensor, Tensor]:
+    def _forward(self, batch_inputs: Tensor, batch_data_samples: OptSampleList = None,
+                 return_memory: bool = False) -> Tuple:
         """Tensor-mode forward of the inference path (query head only).
 
         Args:
             batch_inputs (Tensor): (bs, 3, H, W).
             batch_data_samples (list[DetDataSample], optional): Image metas;
                 when None every image is taken to fill the whole input.
+            return_memory (bool): Also return the encoder memory (bs, sum(h_l * w_l), c)
+                and the neck maps (for their shapes), e.g. for the mask branch.
 
         Returns:
-            tuple[Tensor, Tensor]: Class logits (num_layers, bs, nq, C) and
-            boxes (num_layers, bs, nq, 4), normalised cxcywh.
+            tuple: Class logits (num_layers, bs, nq, C) and boxes (num_layers, bs, nq, 4),
+            normalised cxcywh (then memory and neck maps with ``return_memory``).
         """
         if batch_data_samples is None:
             h, w = batch_inputs.shape[-2:]
@@ -470,7 +472,10 @@ class CoDETR(CheckpointFitMixin, BaseDetector):
         self._drop_attn_mask(batch_data_samples)
         x = self.extract_feat(batch_inputs)
         out = self.query_head.forward_transformer(x, batch_data_samples)
-        return self.query_head(out['hidden_states'], out['references'])
+        all_cls, all_boxes = self.query_head(out['hidden_states'], out['references'])
+        if return_memory:
+            return all_cls, all_boxes, out['memory'], x
+        return all_cls, all_boxes
 
 
 def _with_num_classes(num_classes: int, query_head: ConfigType, roi_heads: List[ConfigDict],

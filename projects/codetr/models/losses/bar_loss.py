@@ -35,10 +35,8 @@ def generate_block_target(mask_target: Tensor, boundary_width: int = 2) -> Tenso
     limit = 0.1 * k * k
     pos_band = (fg > 0) & ((k * k - window_fg) > limit)
     neg_band = (fg == 0) & (window_fg > limit)
-    block = torch.zeros_like(fg)
-    block[(fg > 0) & ~pos_band] = 2.0
-    block[pos_band | neg_band] = 1.0
-    return block
+    # band 1, else foreground 2, else 0 (torch.where: exports without index_put)
+    return torch.where(pos_band | neg_band, 1.0, torch.where(fg > 0, 2.0, 0.0))
 
 
 def _resize(x: Tensor, size: int) -> Tensor:

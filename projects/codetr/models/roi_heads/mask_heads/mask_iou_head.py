@@ -92,4 +92,4 @@ class CoMaskIoUHead(MaskIoUHead):
     @staticmethod
     def mask_scores(mask_iou_pred: Tensor, labels: Tensor, scores: Tensor) -> Tensor:
         """Segm score = predicted IoU of the label x box score."""
-        return mask_iou_pred[torch.arange(len(labels), device=labels.device), labels] * scores
+        return mask_iou_pred.gather(1, labels.view(-1, 1))[:, 0] * scores

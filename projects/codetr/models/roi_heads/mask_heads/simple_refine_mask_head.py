@@ -41,6 +41,13 @@ def _resolve_norm(norm_cfg: OptConfigType) -> OptConfigType:
     return dict(norm_cfg, type=norm_cls)
 
 
+def _take_label(logits: Tensor, labels: Tensor) -> Tensor:
+    """(R, K, S, S) logits -> (R, 1, S, S) of each RoI's label (a gather: exports with a
+    dynamic number of RoIs)."""
+    index = labels.view(-1, 1, 1, 1).expand(-1, 1, logits.shape[2], logits.shape[3])
+    return logits.gather(1, index)
+
+
 class MultiBranchFusion(nn.Module):
     """Sum of 3x3 convolutions at several dilations (each + ReLU), then a 1x1 merge.
 
@@ -278,20 +285,19 @@ class SimpleRefineMaskHead(BaseModule):
         """
         if isinstance(semantic, Tensor):
             semantic = self.forward_semantic(semantic)
-        rows = torch.arange(len(rois), device=rois.device)
         for conv in self.instance_convs:
             instance_feats = conv(instance_feats)
         hidden_states = [instance_feats, semantic[0]]
         stage_preds = []
         for idx, stage in enumerate(self.stages):
-            logits = self.stage_instance_logits[idx](instance_feats)[rows, roi_labels][:, None]
+            logits = _take_label(self.stage_instance_logits[idx](instance_feats), roi_labels)
             upsample = self.pre_upsample_last_stage or idx < len(self.stages) - 1
             instance_feats = stage(instance_feats, logits, semantic[idx + 1], rois, upsample)
             stage_preds.append(logits)
             hidden_states += [instance_feats, semantic[idx + 1]]
         if self.stage_num_classes[-1] == 1:  # class-agnostic last stage
             roi_labels = roi_labels.clamp(max=0)
-        logits = self.stage_instance_logits[-1](instance_feats)[rows, roi_labels][:, None]
+        logits = _take_label(self.stage_instance_logits[-1](instance_feats), roi_labels)
         if not self.pre_upsample_last_stage:
             logits = F.interpolate(logits, scale_factor=2, mode='bilinear', align_corners=True)
         stage_preds.append(logits)
@@ -369,13 +375,20 @@ class SimpleRefineMaskHead(BaseModule):
         Returns:
             Tensor: Bool masks (R, img_h, img_w).
         """
-        num = len(mask_logits)
-        device = mask_logits.device
+        return SimpleRefineMaskHead.paste_mask_probs(mask_logits.sigmoid(), boxes, img_h, img_w,
+                                                     threshold, out)
+
+    @staticmethod
+    def paste_mask_probs(probs: Tensor, boxes: Tensor, img_h: int, img_w: int,
+                         threshold: float = 0.5, out: Optional[Tensor] = None) -> Tensor:
+        """:meth:`paste_masks` of probabilities (R, 1, S, S), e.g. the ``masks`` output of an
+        exported graph."""
+        num = len(probs)
+        device = probs.device
         masks = out if out is not None else torch.zeros(num, img_h, img_w, dtype=torch.bool,
                                                         device=device)
         if num == 0:
             return masks
-        probs = mask_logits.sigmoid()
         # boxes wholly outside the canvas (e.g. on the padding of an LSJ canvas, which
         # with_attn_mask=False treats as image) paste nothing; mmdet's paste would fail on them
         inside = ((boxes[:, 0] < img_w) & (boxes[:, 1] < img_h) & (boxes[:, 2] > 0)
