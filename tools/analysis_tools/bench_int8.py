@@ -30,7 +30,7 @@ def _tool(args: List[str]) -> None:
         raise SystemExit(f'{" ".join(map(str, args))} failed:\n{proc.stderr[-3000:]}')
 
 
-def main(argv: Optional[List[str]] = None) -> Dict:
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='INT8 vs fp32 AP')
     parser.add_argument('config')
     parser.add_argument('checkpoint')
@@ -38,7 +38,11 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument('--calib-images', type=int, default=32)
     parser.add_argument('--target', choices=['onnxruntime', 'openvino', 'native'],
                         default='onnxruntime', help='export_onnx.py --target of the graph')
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> Dict:
+    args = parse_args(argv)
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     fp32 = work / 'model.onnx'
