@@ -63,12 +63,12 @@ def _mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a & b).sum() / union) if union else 1.0
 
 
-@pytest.mark.parametrize('backend,target', [('onnxruntime', None), ('openvino', None),
-                                            ('openvino', 'native')])
+@pytest.mark.parametrize('backend,target', [('onnxruntime', None), ('openvino', 'native')])
 def test_pasted_masks_match_predict(exported, tmp_path, backend, target):
     """The backend model's pasted masks (on a 100x90 original image resized to 128x128, a
     batch of two) against CoDETR.predict(rescale=True): every top-20 detection's twin has a
-    mask IoU >= 0.99 and the same mask score to 1e-4."""
+    mask IoU >= 0.99 and the same mask score to 1e-4 (ONNX Runtime on the standard graph,
+    OpenVINO on the native one)."""
     from mmdet.structures import DetDataSample
 
     from projects.codetr.deploy import CoDETRDeployModel, ONNXBackendDetector, export_onnx

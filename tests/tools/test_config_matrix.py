@@ -172,8 +172,10 @@ def _scale_options(cfg: Config) -> list[str]:
 
 def sampling_options(cfg: Config) -> list[str]:
     """``--cfg-options`` for 100 queries, 20 denoising queries, 100 RPN proposals and 64 RoI
-    samples per image (the synthetic config's sizes), and 64 mask-branch samples."""
-    opts = ['model.query_head.num_query=100']
+    samples per image (the synthetic config's sizes), 64 mask-branch samples and 100
+    detections per image at test (Co-DINO: 300, Co-DINO-Inst and ViT-L: 1000, each of which
+    runs the mask branch)."""
+    opts = ['model.query_head.num_query=100', 'model.test_cfg.0.max_per_img=100']
     if cfg.model.query_head.get('dn_cfg'):
         opts.append('model.query_head.dn_cfg.group_cfg.num_dn_queries=20')
     for i, train in enumerate(cfg.model.train_cfg):

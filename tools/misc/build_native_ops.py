@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 SOURCES = REPO_ROOT / 'projects/codetr/ops/csrc'
 BUILD = REPO_ROOT / 'build/native_ops'
@@ -149,10 +147,20 @@ def check_loads(runtime: str, library: Path) -> None:
         openvino.Core().add_extension(str(library))
 
 
+def _native_module():
+    """``projects/codetr/ops/native.py`` by its path (library names and directory), without
+    importing the package (mmdet) for a build step."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        '_codetr_native', REPO_ROOT / 'projects/codetr/ops/native.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def build(force: bool = False) -> Dict[str, Optional[str]]:
     """Build what can be built; returns ``{runtime: None (built) or why it was skipped}``."""
-    from projects.codetr.ops import native
-
+    native = _native_module()
     status: Dict[str, Optional[str]] = {}
     out_dir = native.native_ops_dir()
     cmake, cxx = shutil.which('cmake'), shutil.which('c++') or shutil.which('g++')
@@ -223,8 +231,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--strict', action='store_true',
                         help='exit 1 when a library could not be built')
     args = parser.parse_args(argv)
-    from projects.codetr.ops import native
-
+    native = _native_module()
     status = build(args.force)
     for runtime, why in status.items():
         if why is None:
