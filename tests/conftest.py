@@ -76,6 +76,17 @@ def load_cfg(path=TINY_CFG):
     return Config.fromfile(str(path))
 
 
+def perturbed_model(cfg_or_path, seed=0, scale=0.02):
+    """:func:`build_model` with every parameter moved by N(0, ``scale``) noise (no tied
+    scores, as in a trained model), in eval mode: the export tests' model."""
+    model = build_model(cfg_or_path, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model.eval()
+
+
 def build_model(cfg_or_path=TINY_CFG, seed=0, **model_overrides):
     """Build and initialise the model of a config (CPU, train mode)."""
     from mmdet.registry import MODELS

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_model, load_cfg
+from conftest import load_cfg, perturbed_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / 'tests' / 'tools'))
@@ -26,11 +26,7 @@ def exported(tmp_path_factory):
     """The demo config's model with perturbed weights, exported by the tool with its
     defaults."""
     tmp = tmp_path_factory.mktemp('onnx_masks')
-    model = build_model(load_cfg(INST), seed=0)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    model = perturbed_model(load_cfg(INST))
     ckpt = tmp / 'model.pth'
     torch.save(dict(state_dict=model.state_dict(), meta={}), ckpt)
     onnx_file = tmp / 'model.onnx'

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_model, load_cfg
+from conftest import load_cfg, perturbed_model
 from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
 
 from projects.codetr.ops import native
@@ -121,12 +121,7 @@ def test_bad_shapes_are_errors_naming_the_input(op_graph):
 def native_export(tmp_path_factory):
     """The synthetic-config model (perturbed weights), exported with --target native."""
     from projects.codetr.deploy import CoDETRDeployModel, export_onnx
-    model = build_model(load_cfg(SYNTHETIC), seed=0)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.02)
-    model.eval()
+    model = perturbed_model(load_cfg(SYNTHETIC))
     path = export_onnx(CoDETRDeployModel(model), torch.zeros(1, 3, 128, 128),
                        tmp_path_factory.mktemp('native') / 'model.onnx', dynamic=True,
                        target='native')

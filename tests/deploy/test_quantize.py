@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import build_model, load_cfg
+from conftest import load_cfg, perturbed_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / 'tests' / 'tools'))
@@ -43,12 +43,7 @@ def fp32_graph(tmp_path_factory):
     """The synthetic-config model (perturbed weights), its checkpoint and default export."""
     from projects.codetr.deploy import CoDETRDeployModel, export_onnx
     tmp = tmp_path_factory.mktemp('int8')
-    model = build_model(load_cfg(SYNTHETIC), seed=0)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.02)
-    model.eval()
+    model = perturbed_model(load_cfg(SYNTHETIC))
     torch.save(dict(state_dict=model.state_dict(), meta={}), tmp / 'model.pth')
     path = export_onnx(CoDETRDeployModel(model), torch.zeros(1, 3, 128, 128),
                        tmp / 'model.onnx', dynamic=True)

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import build_model, load_cfg
+from conftest import build_model, load_cfg, perturbed_model
 from reliability_fixtures import log_text, logs_fixture  # noqa: F401
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,11 +28,7 @@ def exported(tmp_path_factory):
     its ONNX export through the tool with its defaults (as a user runs it first: dynamic N, H
     and W, traced at the test pipeline's 128x128)."""
     tmp = tmp_path_factory.mktemp('onnx')
-    model = build_model(load_cfg(SYNTHETIC), seed=0)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    model = perturbed_model(load_cfg(SYNTHETIC))
     ckpt = tmp / 'model.pth'
     torch.save(dict(state_dict=model.state_dict(), meta={}), ckpt)
     onnx_file = tmp / 'model.onnx'
