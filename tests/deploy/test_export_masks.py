@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_cfg, perturbed_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / 'tests' / 'tools'))
+from test_export_onnx import export_with_tool  # noqa: E402
 from test_tools import _run  # noqa: E402
 
 INST = REPO_ROOT / 'configs' / 'co_deformable_detr_inst_synthetic.py'
@@ -25,14 +25,7 @@ SHAPE = (128, 128)
 def exported(tmp_path_factory):
     """The demo config's model with perturbed weights, exported by the tool with its
     defaults."""
-    tmp = tmp_path_factory.mktemp('onnx_masks')
-    model = perturbed_model(load_cfg(INST))
-    ckpt = tmp / 'model.pth'
-    torch.save(dict(state_dict=model.state_dict(), meta={}), ckpt)
-    onnx_file = tmp / 'model.onnx'
-    proc = _run([sys.executable, 'tools/deployment/export_onnx.py', INST, ckpt, '--out',
-                 onnx_file], timeout=300)
-    return model.eval(), onnx_file, proc.stdout
+    return export_with_tool(INST, tmp_path_factory.mktemp('onnx_masks'))
 
 
 def test_graph_outputs_masks(exported):

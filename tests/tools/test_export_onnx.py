@@ -22,19 +22,27 @@ SYNTHETIC = REPO_ROOT / 'configs' / 'co_deformable_detr_synthetic.py'
 SHAPE = (128, 128)  # what the synthetic test pipeline resizes to
 
 
-@pytest.fixture(scope='module')
-def exported(tmp_path_factory):
-    """A synthetic-config model with perturbed weights (no tied scores), its checkpoint and
-    its ONNX export through the tool with its defaults (as a user runs it first: dynamic N, H
-    and W, traced at the test pipeline's 128x128)."""
-    tmp = tmp_path_factory.mktemp('onnx')
-    model = perturbed_model(load_cfg(SYNTHETIC))
+def export_with_tool(config: Path, tmp: Path):
+    """A model of ``config`` with perturbed weights (no tied scores), its checkpoint
+    ``tmp/model.pth`` and its export ``tmp/model.onnx`` through the tool with its defaults
+    (as a user runs it first: dynamic N, H and W, traced at the test pipeline's size).
+
+    Returns:
+        tuple: (model in eval mode, onnx file, the tool's stdout).
+    """
+    model = perturbed_model(load_cfg(config))
     ckpt = tmp / 'model.pth'
     torch.save(dict(state_dict=model.state_dict(), meta={}), ckpt)
     onnx_file = tmp / 'model.onnx'
-    proc = _run([sys.executable, 'tools/deployment/export_onnx.py', SYNTHETIC, ckpt, '--out',
+    proc = _run([sys.executable, 'tools/deployment/export_onnx.py', config, ckpt, '--out',
                  onnx_file], timeout=300)
-    return model.eval(), onnx_file, proc.stdout
+    return model, onnx_file, proc.stdout
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    """The synthetic config's model, exported by the tool with its defaults."""
+    return export_with_tool(SYNTHETIC, tmp_path_factory.mktemp('onnx'))
 
 
 def test_tool_reports_and_verifies(exported):

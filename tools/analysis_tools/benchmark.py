@@ -187,21 +187,15 @@ def make_backend_step(model: torch.nn.Module, args: argparse.Namespace) -> Calla
         print(f'exported {onnx_file} (arranged for {target}) in '
               f'{time.perf_counter() - start:.0f} s')
         if args.precision == 'int8':
-            from projects.codetr.deploy.quantize import (
-                quantize_onnxruntime,
-                quantize_openvino,
-            )
+            from projects.codetr.deploy.quantize import QUANTIZERS, quantize
             g = torch.Generator().manual_seed(1)
             calib = [images[:1].numpy()] + [
                 (torch.rand(1, *images.shape[1:], generator=g) * 255).numpy()
                 for _ in range(3)]
             fp32_file = onnx_file
-            onnx_file = str(Path(fp32_file).with_name('model_int8')) + (
-                '.onnx' if args.backend == 'onnxruntime' else '.xml')
+            onnx_file = str(Path(fp32_file).with_name('model_int8')) + QUANTIZERS[args.backend][1]
             start = time.perf_counter()
-            quantize = (quantize_onnxruntime if args.backend == 'onnxruntime'
-                        else quantize_openvino)
-            kept = quantize(fp32_file, calib, onnx_file)
+            kept = quantize(args.backend, fp32_file, calib, onnx_file)
             print(f'quantised to INT8 ({len(kept)} layers kept fp32) in '
                   f'{time.perf_counter() - start:.0f} s')
     runner = _Runner(onnx_file, args.backend, threads=torch.get_num_threads(),

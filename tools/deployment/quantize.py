@@ -33,8 +33,6 @@ if str(REPO_ROOT) not in sys.path:
 
 from mmengine.config import DictAction  # noqa: E402
 
-SUFFIXES = {'onnxruntime': '.onnx', 'openvino': '.xml'}
-
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='INT8 quantisation of an exported Co-DETR')
@@ -42,7 +40,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('model', help='the exported fp32 .onnx file')
     parser.add_argument('--out', required=True,
                         help='output: .onnx (onnxruntime) or .xml (openvino)')
-    parser.add_argument('--backend', choices=list(SUFFIXES), default='onnxruntime',
+    parser.add_argument('--backend', choices=['onnxruntime', 'openvino'], default='onnxruntime',
                         help='the runtime to quantise for (onnxruntime: static quantisation; '
                         'openvino: NNCF)')
     parser.add_argument('--calib-images', type=int, default=32,
@@ -57,19 +55,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from projects.codetr.deploy.quantize import (
-        calibration_images,
-        quantize_onnxruntime,
-        quantize_openvino,
-    )
+    from projects.codetr.deploy.quantize import QUANTIZERS, calibration_images, quantize
     from tools.misc.tool_utils import check_dataset_paths, load_config, setup_modules
 
     if not args.model.endswith('.onnx') or not Path(args.model).is_file():
         raise FileNotFoundError(f'{args.model!r}: expected an exported .onnx file '
                                 '(tools/deployment/export_onnx.py)')
-    if Path(args.out).suffix != SUFFIXES[args.backend]:
-        raise ValueError(f'--out {args.out}: --backend {args.backend} writes a '
-                         f'{SUFFIXES[args.backend]} file')
+    suffix = QUANTIZERS[args.backend][1]
+    if Path(args.out).suffix != suffix:  # before calibrating
+        raise ValueError(f'--out {args.out}: --backend {args.backend} writes a {suffix} file')
     if Path(args.out).resolve() == Path(args.model).resolve():
         raise ValueError(f'--out {args.out} would overwrite the fp32 model')
     setup_modules()
@@ -80,8 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = sorted({'x'.join(map(str, image.shape[2:])) for image in images})
     print(f'calibration: {len(images)} {args.calib_split} images ({", ".join(sizes[:4])}'
           f'{", ..." if len(sizes) > 4 else ""})')
-    quantize = quantize_onnxruntime if args.backend == 'onnxruntime' else quantize_openvino
-    kept = quantize(args.model, images, args.out)
+    kept = quantize(args.backend, args.model, images, args.out)
     print(f'kept in fp32 ({len(kept)} convolutions/matrix products): ' + ', '.join(kept))
     print(f'wrote {args.out} (INT8 for {args.backend}) in {time.perf_counter() - start:.0f} s; '
           f'run it with --backend {args.backend} --precision int8')

@@ -157,6 +157,27 @@ def quantize_openvino(onnx_file: str | Path, images: Sequence[np.ndarray],
     return kept
 
 
+#: The quantiser and the output file suffix of each backend.
+QUANTIZERS = {'onnxruntime': (quantize_onnxruntime, '.onnx'),
+              'openvino': (quantize_openvino, '.xml')}
+
+
+def quantize(backend: str, onnx_file: str | Path, images: Sequence[np.ndarray],
+             out_file: str | Path) -> List[str]:
+    """:func:`quantize_onnxruntime` or :func:`quantize_openvino` by ``backend``; returns the
+    nodes kept in fp32.
+
+    Raises:
+        ValueError: For another backend, or an ``out_file`` without the backend's suffix.
+    """
+    if backend not in QUANTIZERS:
+        raise ValueError(f'backend={backend!r}: expected one of {tuple(QUANTIZERS)}')
+    quantizer, suffix = QUANTIZERS[backend]
+    if Path(out_file).suffix != suffix:
+        raise ValueError(f'--out {out_file}: --backend {backend} writes a {suffix} file')
+    return quantizer(onnx_file, images, out_file)
+
+
 def calibration_images(cfg, num: int, split: str = 'train') -> List[np.ndarray]:
     """``num`` images of the config's dataset through its test pipeline, as graph inputs.
 
